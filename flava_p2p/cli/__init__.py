@@ -1,0 +1,1 @@
+"""Command-line entry points: ``flava-node`` (operators) and ``flava-sim`` (researchers)."""

@@ -1,0 +1,272 @@
+"""YAML configuration files → validated, frozen pydantic models.
+
+Every file in ``configs/`` maps to one top-level model here. Loading never raises a raw pydantic
+or YAML exception at the user: :func:`load_config` turns any problem into a :class:`ConfigError`
+whose message names the file, the field path, what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flava_p2p.errors import FlavaError
+
+__all__ = [
+    "ApiConfig",
+    "ConfigError",
+    "DataConfig",
+    "FeatureConfig",
+    "GossipConfig",
+    "IdentityConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "NetworkConfig",
+    "NodeConfig",
+    "PrivacyConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+
+class ConfigError(FlavaError, ValueError):
+    """A configuration file could not be used; the message says where, what and how to fix it."""
+
+
+class _Strict(BaseModel):
+    """Base for every config section: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+LogFormat = Literal["console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class LoggingConfig(_Strict):
+    """How the node writes its structured logs."""
+
+    format: LogFormat = "console"
+    """``console`` for people, ``json`` (one object per line) for log shippers."""
+    level: LogLevel = "info"
+
+
+class IdentityConfig(_Strict):
+    """Where the node's long-term keys live."""
+
+    keystore: Path = Path("identity.key")
+    """Keystore file, relative to the node home; created by ``flava-node init`` with mode 0600."""
+    passphrase_env: str | None = None
+    """Name of an environment variable holding the keystore passphrase (None: unencrypted)."""
+
+
+class NetworkConfig(_Strict):
+    """Transport and admission settings."""
+
+    network_id: str = Field(default="flava-default", min_length=1, max_length=64)
+    """Nodes only talk to nodes with the same network id (it is in every signed header)."""
+    listen: str = "/ip4/127.0.0.1/udp/0"
+    """Multiaddr to bind; port 0 picks a free port."""
+    bootstrap: list[str] = Field(default_factory=list)
+    """Multiaddrs (``/ip4/…/udp/…/p2p/<PeerID>``) of nodes to contact first."""
+    network_key_file: Path | None = None
+    """Optional file with a 32-byte pre-shared network key; outsiders are dropped before parsing."""
+    mtu: int = Field(default=1200, ge=512, le=65000)
+    """Maximum datagram payload in bytes; larger messages are chunked."""
+    multicast_beacons: bool = False
+    """Announce and discover peers on the LAN by multicast (opt-in)."""
+
+
+AggregationName = Literal[
+    "mean", "trimmed_mean", "median", "krum", "multi_krum", "geometric_median", "clipped"
+]
+Compression = Literal["fp32", "fp16", "int8", "topk"]
+
+
+class GossipConfig(_Strict):
+    """Gossip-learning schedule and merging rule."""
+
+    period_s: float = Field(default=10.0, gt=0)
+    """Mean time between two gossip rounds of this node, seconds."""
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    """Each period is drawn uniformly in period·(1 ± jitter) so nodes do not synchronise."""
+    fanout: int = Field(default=2, ge=1, le=64)
+    """Peers that receive this node's delta each round."""
+    view_size: int = Field(default=16, ge=2, le=1024)
+    """Size of the peer-sampling view."""
+    aggregation: AggregationName = "clipped"
+    """Merging rule; ``clipped`` is self-centred clipping (ClippedGossip), robust by default."""
+    compression: Compression = "fp16"
+    """Encoding of outgoing deltas."""
+
+
+FeatureKind = Literal["logmel", "mfcc"]
+
+
+class FeatureConfig(_Strict):
+    """Acoustic front end; part of the model schema hash (peers must agree on it)."""
+
+    kind: FeatureKind = "logmel"
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    n_mels: int = Field(default=40, ge=8, le=128)
+    n_mfcc: int = Field(default=20, ge=8, le=64)
+    win_ms: float = Field(default=30.0, gt=0, le=100)
+    hop_ms: float = Field(default=20.0, gt=0, le=100)
+    clip_seconds: float = Field(default=1.0, gt=0, le=10)
+
+
+class ModelConfig(_Strict):
+    """Which registered keyword model to build."""
+
+    name: str = "dscnn"
+    width: int = Field(default=64, ge=8, le=512)
+    """Channels per layer; the default keeps the model under 100k parameters."""
+
+
+class TrainingConfig(_Strict):
+    """Local optimisation settings."""
+
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    """Expected (Poisson) batch size under DP; fixed batch size otherwise."""
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    local_steps: int = Field(default=10, ge=1)
+    """DP-SGD steps per gossip round."""
+    spec_augment: bool = True
+    threads: int = Field(default=1, ge=1, le=256)
+    """torch intra-op threads used for training on this node."""
+
+
+Accountant = Literal["rdp", "prv"]
+
+
+class PrivacyConfig(_Strict):
+    """Example-level differential privacy (DP-SGD) and optional message-level noise."""
+
+    enabled: bool = True
+    target_epsilon: float = Field(default=8.0, gt=0)
+    """Total example-level ε budget over the node's planned lifetime."""
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Per-example gradient clipping bound C."""
+    planned_steps: int = Field(default=2000, ge=1)
+    """σ is chosen once so that ``planned_steps`` DP-SGD steps spend exactly the target ε."""
+    accountant: Accountant = "rdp"
+
+    @field_validator("target_epsilon")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number; set privacy.enabled: false for no DP")
+        return v
+
+
+class DataConfig(_Strict):
+    """Where this node's own audio lives (never leaves the device)."""
+
+    root: Path = Path("data")
+    """Speech Commands layout: ``<root>/<label>/<speaker>_nohash_<n>.wav``."""
+    cache_dir: Path | None = None
+    """Feature cache; default ``<home>/cache``."""
+
+
+class ApiConfig(_Strict):
+    """Local status/inference HTTP API (bound to loopback only)."""
+
+    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+
+
+class NodeConfig(_Strict):
+    """Everything ``flava-node`` reads from ``node.yaml``."""
+
+    seed: int = Field(default=0, ge=0)
+    """Seed for every random choice of this node (jitter, peer sampling, DP noise)."""
+    logging: LoggingConfig = LoggingConfig()
+    identity: IdentityConfig = IdentityConfig()
+    network: NetworkConfig = NetworkConfig()
+    gossip: GossipConfig = GossipConfig()
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    api: ApiConfig = ApiConfig()
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_config(path: str | Path, model: type[ModelT] = NodeConfig) -> ModelT:  # type: ignore[assignment]
+    """Read a YAML file into ``model``, raising :class:`ConfigError` with a fixable message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found. Create one with `flava-node init` "
+            f"or copy an example from configs/."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of `key: value` lines, "
+            f"got a {type(data).__name__}."
+        )
+    return validate_config(data, model, source=str(path))
+
+
+def validate_config(data: dict[str, Any], model: type[ModelT], source: str) -> ModelT:
+    """Validate an already-parsed mapping, reporting errors as :class:`ConfigError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(err, model) for err in exc.errors()]
+        noun = "problem" if len(lines) == 1 else "problems"
+        body = "\n".join(f"  - {line}" for line in lines)
+        raise ConfigError(f"{source}: {len(lines)} {noun}:\n{body}") from None
+
+
+def _describe_error(err: Any, model: type[BaseModel]) -> str:
+    """One human line for one pydantic error: field path, what was wrong, what is allowed."""
+    loc = tuple(err.get("loc", ()))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = ", ".join(sorted(parent.model_fields)) if parent else "see configs/"
+        return f"{field}: unknown key. Allowed keys here: {allowed}."
+    got = err.get("input")
+    got_text = "" if kind == "missing" else f" (got {got!r})"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{field}: {msg}{got_text}."
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Follow ``loc`` through nested config models; None when it leaves them."""
+    current: type[BaseModel] = model
+    for part in loc:
+        info = current.model_fields.get(str(part))
+        ann = info.annotation if info else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        current = ann
+    return current

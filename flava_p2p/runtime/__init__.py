@@ -1,0 +1,1 @@
+"""The only asyncio/socket code: UDP endpoint, node driver, checkpoints, status API, logging."""
