@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
 from flava_p2p.cli.common import HelpFormatter, add_logging_args, run_cli
 from flava_p2p.config import NodeConfig, load_config
+
+DEFAULT_HOME = Path.home() / ".flava"
 
 DESCRIPTION = """\
 Run one FLAVA-P2P node: it learns a keyword-spotting model from this device's own audio with
@@ -22,6 +25,7 @@ EPILOG = """\
 examples:
   flava-node config check configs/node.yaml      validate a config file
   flava-node config show                         print every setting with its default
+  flava-node predict clip.wav --model model.ckpt  top-3 keywords for an audio file
 """
 
 
@@ -52,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_logging_args(show, top_level=False)
     show.set_defaults(func=_cmd_config_show)
+
+    predict = sub.add_parser(
+        "predict",
+        help="recognise keywords in audio files with a trained model (on-device)",
+        formatter_class=HelpFormatter,
+        description=(
+            "Print the top-3 labels with probabilities for each file. Files may be WAV or\n"
+            "FLAC at any common sample rate, mono or stereo; they are resampled and padded or\n"
+            "trimmed to the model's clip length. Nothing is sent anywhere."
+        ),
+        epilog="example:\n  flava-node predict yes.wav no.flac --model ~/.flava/model.ckpt --json",
+    )
+    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    predict.add_argument(
+        "--model",
+        default=str(DEFAULT_HOME / "model.ckpt"),
+        metavar="CKPT",
+        help="model checkpoint (default: ~/.flava/model.ckpt)",
+    )
+    predict.add_argument("--top", type=int, default=3, help="labels per file (default 3)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per file")
+    add_logging_args(predict, top_level=False)
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -67,6 +94,34 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     yaml.safe_dump(NodeConfig().model_dump(mode="json"), sys.stdout, sort_keys=False)
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from flava_p2p.learning.audio import AudioError
+    from flava_p2p.learning.inference import KeywordSpotter
+
+    torch.set_num_threads(1)  # one clip at a time: a single thread has the lowest latency
+    spotter = KeywordSpotter(args.model)
+    failures = 0
+    for file in args.files:
+        try:
+            pred = spotter.predict_file(file, args.top)
+        except AudioError as exc:
+            failures += 1
+            if args.json:
+                print(json.dumps({"file": file, "error": str(exc)}))
+            else:
+                print(f"error: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            top = [{"label": label, "probability": p} for label, p in pred.top]
+            print(json.dumps({"file": pred.file, "top": top}, ensure_ascii=False))
+        else:
+            ranked = "  ".join(f"{label} {p:.3f}" for label, p in pred.top)
+            print(f"{pred.file}: {ranked}")
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

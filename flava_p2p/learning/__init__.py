@@ -1,0 +1,1 @@
+"""One device's learning: audio I/O, features, datasets, partitioners, models, DP-SGD, inference."""

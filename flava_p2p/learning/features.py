@@ -1,0 +1,76 @@
+"""Acoustic features (torchaudio log-mel or MFCC) and SpecAugment masking for training."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio.transforms as tat
+from torch import nn
+
+from flava_p2p.config import FeatureConfig
+
+
+class FeatureExtractor(nn.Module):
+    """Waveforms (B, T) at ``cfg.sample_rate`` → features (B, 1, n_features, frames)."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        win = round(cfg.sample_rate * cfg.win_ms / 1000)
+        hop = round(cfg.sample_rate * cfg.hop_ms / 1000)
+        n_fft = 1 << (win - 1).bit_length()
+        mel_kwargs = {"n_fft": n_fft, "win_length": win, "hop_length": hop, "n_mels": cfg.n_mels}
+        self.transform: nn.Module
+        if cfg.kind == "mfcc":
+            self.transform = tat.MFCC(
+                sample_rate=cfg.sample_rate, n_mfcc=cfg.n_mfcc, log_mels=True, melkwargs=mel_kwargs
+            )
+        else:
+            self.transform = tat.MelSpectrogram(sample_rate=cfg.sample_rate, **mel_kwargs)
+
+    @property
+    def n_features(self) -> int:
+        """Height of the feature map."""
+        return self.cfg.n_mfcc if self.cfg.kind == "mfcc" else self.cfg.n_mels
+
+    @property
+    def n_frames(self) -> int:
+        """Width of the feature map for one clip."""
+        n = round(self.cfg.sample_rate * self.cfg.clip_seconds)
+        hop = round(self.cfg.sample_rate * self.cfg.hop_ms / 1000)
+        return n // hop + 1
+
+    @torch.no_grad()
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        """Compute features; log-mel uses log(x + 1e-6), then per-clip mean/variance norm."""
+        feats = self.transform(waves)
+        if self.cfg.kind == "logmel":
+            feats = torch.log(feats + 1e-6)
+        # Per-utterance normalisation removes level differences between devices/microphones.
+        mean = feats.mean(dim=(-2, -1), keepdim=True)
+        std = feats.std(dim=(-2, -1), keepdim=True).clamp_min(1e-5)
+        normed: torch.Tensor = ((feats - mean) / std).unsqueeze(1)
+        return normed
+
+
+def spec_augment(
+    feats: torch.Tensor,
+    generator: torch.Generator,
+    freq_width: int = 6,
+    time_width: int = 8,
+    n_masks: int = 1,
+) -> torch.Tensor:
+    """SpecAugment: zero ``n_masks`` random frequency and time bands per example (seeded)."""
+    b, _, n_freq, n_time = feats.shape
+    if b == 0:
+        return feats
+    out = feats.clone()
+    freq_idx = torch.arange(n_freq).view(1, n_freq, 1)
+    time_idx = torch.arange(n_time).view(1, 1, n_time)
+    for _ in range(n_masks):
+        fw = torch.randint(0, freq_width + 1, (b, 1, 1), generator=generator)
+        f0 = (torch.rand((b, 1, 1), generator=generator) * (n_freq - fw + 1)).long()
+        tw = torch.randint(0, time_width + 1, (b, 1, 1), generator=generator)
+        t0 = (torch.rand((b, 1, 1), generator=generator) * (n_time - tw + 1)).long()
+        mask = ((freq_idx >= f0) & (freq_idx < f0 + fw)) | ((time_idx >= t0) & (time_idx < t0 + tw))
+        out = out.masked_fill(mask.unsqueeze(1), 0.0)
+    return out

@@ -1,0 +1,114 @@
+"""Keyword-spotting models, registered by name; all Opacus-compatible (GroupNorm, no BatchNorm)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from flava_p2p.config import FeatureConfig, ModelConfig
+from flava_p2p.errors import FlavaError
+
+ModelFactory = Callable[[ModelConfig, int, int, int], nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator adding a factory ``(cfg, n_classes, n_features, n_frames) -> nn.Module``."""
+
+    def deco(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def model_names() -> list[str]:
+    """Names accepted by ``model.name``."""
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int) -> nn.Module:
+    """Instantiate the registered model ``cfg.name``."""
+    try:
+        factory = _REGISTRY[cfg.name]
+    except KeyError:
+        raise FlavaError(
+            f"model.name: unknown model {cfg.name!r}; registered: {', '.join(model_names())}."
+        ) from None
+    return factory(cfg, n_classes, n_features, n_frames)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: per-example normalisation that DP-SGD allows (BatchNorm mixes examples)."""
+    for g in (8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class DSBlock(nn.Module):
+    """Depthwise-separable conv block: depthwise 3×3 → GN → ReLU → pointwise 1×1 → GN → ReLU."""
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(
+            channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False
+        )
+        self.gn1 = nn.GroupNorm(_groups(channels), channels)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
+        self.gn2 = nn.GroupNorm(_groups(channels), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn1(self.dw(x)))
+        return torch.relu(self.gn2(self.pw(x)))
+
+
+class DSCNN(nn.Module):
+    """DS-CNN (Zhang et al., "Hello Edge", 2017) with GroupNorm instead of BatchNorm."""
+
+    def __init__(self, n_classes: int, width: int = 64, n_blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, (10, 4), stride=(2, 2), padding=(5, 1), bias=False)
+        self.gn = nn.GroupNorm(_groups(width), width)
+        # The first block halves both axes again: 4x fewer FLOPs for every later block, which is
+        # what makes many small DP-trained models affordable on two cores.
+        self.blocks = nn.Sequential(*[DSBlock(width, 2 if i == 0 else 1) for i in range(n_blocks)])
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn(self.stem(x)))
+        x = self.blocks(x)
+        logits: torch.Tensor = self.head(x.mean(dim=(-2, -1)))
+        return logits
+
+
+@register_model("dscnn")
+def _dscnn(cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int) -> nn.Module:
+    return DSCNN(n_classes, width=cfg.width)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def schema_hash(
+    model_cfg: ModelConfig, feature_cfg: FeatureConfig, labels: list[str], model: nn.Module
+) -> str:
+    """Stable hex digest of everything two nodes must share to merge weights.
+
+    Covers architecture (name, settings, every parameter's name and shape, in order), the
+    feature front end, and the label set in order. Independent of torch version and weights.
+    """
+    desc = {
+        "model": model_cfg.model_dump(mode="json"),
+        "features": feature_cfg.model_dump(mode="json"),
+        "labels": labels,
+        "params": [[n, list(p.shape)] for n, p in model.named_parameters()],
+    }
+    blob = json.dumps(desc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

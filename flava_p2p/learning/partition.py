@@ -1,0 +1,88 @@
+"""Seeded partitioners: which node holds which utterances. Each index lands in exactly one part."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from flava_p2p.errors import FlavaError
+
+
+class PartitionError(FlavaError):
+    """A partition request cannot be satisfied (e.g. more nodes than speakers)."""
+
+
+def by_speaker(
+    speakers: Sequence[str],
+    n_parts: int | None = None,
+    speakers_per_part: int | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Natural partition: each part gets whole speakers.
+
+    Give ``speakers_per_part`` (k speakers per node; the number of parts follows) or ``n_parts``
+    (speakers dealt round-robin after a seeded shuffle). Default: one speaker per part.
+    """
+    names = sorted(set(speakers))
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    if speakers_per_part is not None:
+        if speakers_per_part < 1:
+            raise PartitionError("speakers per node must be ≥ 1.")
+        n_parts = -(-len(order) // speakers_per_part)
+        groups = [
+            order[i * speakers_per_part : (i + 1) * speakers_per_part] for i in range(n_parts)
+        ]
+    else:
+        n_parts = n_parts or len(order)
+        if n_parts > len(order):
+            raise PartitionError(
+                f"{n_parts} nodes but only {len(order)} speakers; use fewer nodes or an "
+                f"`iid`/`dirichlet` partition."
+            )
+        groups = [order[i::n_parts] for i in range(n_parts)]
+    part_of = {spk: p for p, group in enumerate(groups) for spk in group}
+    owner = np.array([part_of[s] for s in speakers], dtype=np.int64)
+    return [np.flatnonzero(owner == p) for p in range(len(groups))]
+
+
+def iid(n_items: int, n_parts: int, seed: int = 0) -> list[np.ndarray]:
+    """Uniformly random, equal-size (±1) parts."""
+    if n_parts < 1 or n_parts > n_items:
+        raise PartitionError(f"cannot split {n_items} items into {n_parts} parts.")
+    perm = np.random.default_rng(seed).permutation(n_items)
+    return [np.sort(part) for part in np.array_split(perm, n_parts)]
+
+
+def dirichlet(
+    labels: Sequence[int] | np.ndarray,
+    n_parts: int,
+    alpha: float,
+    seed: int = 0,
+    min_size: int = 1,
+) -> list[np.ndarray]:
+    """Label skew: each class is split across parts with proportions ~ Dir(alpha).
+
+    Small alpha → each node sees few classes. Redraws (seeded) until every part has at least
+    ``min_size`` items, up to 100 tries.
+    """
+    if alpha <= 0:
+        raise PartitionError("dirichlet alpha must be > 0 (smaller = more skew).")
+    y = np.asarray(labels)
+    if n_parts < 1 or n_parts * min_size > len(y):
+        raise PartitionError(f"cannot split {len(y)} items into {n_parts} parts.")
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        parts: list[list[int]] = [[] for _ in range(n_parts)]
+        for cls in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == cls))
+            props = rng.dirichlet([alpha] * n_parts)
+            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+            for p, chunk in enumerate(np.split(idx, cuts)):
+                parts[p].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise PartitionError(
+        f"dirichlet(alpha={alpha}) could not give every one of {n_parts} parts ≥ {min_size} "
+        f"items in 100 draws; raise alpha or use fewer parts."
+    )

@@ -1,0 +1,282 @@
+"""Local trainer: DP-SGD (Opacus) or plain SGD behind one interface.
+
+One PrivacyEngine for the trainer's lifetime (the model is wrapped exactly once). σ is chosen
+once from the target (ε, δ) over the planned total steps. Batches are Poisson-sampled. The
+privacy ledger is charged *before* each burst of steps and, when a checkpoint path is given,
+persisted with the model before and after it, so ε after any crash is ≥ ε before it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
+from flava_p2p.errors import FlavaError
+from flava_p2p.learning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from flava_p2p.learning.dataset import FeatureSet
+from flava_p2p.learning.features import spec_augment
+from flava_p2p.learning.ledger import BudgetState, PrivacyLedger
+from flava_p2p.learning.metrics import classification_report
+from flava_p2p.learning.models import build_model, schema_hash
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one call to :meth:`LocalTrainer.train` did."""
+
+    steps: int
+    examples: int
+    loss: float
+    epsilon: float | None
+    delta: float | None
+    budget: BudgetState
+    seconds: float
+
+
+def genesis_model(
+    model_cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int, seed: int
+) -> nn.Module:
+    """The model every node starts from: same seed → bit-identical weights on every node."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_cfg, n_classes, n_features, n_frames)
+
+
+class LocalTrainer:
+    """Trains one node's model on its own examples; DP on or off, same interface."""
+
+    def __init__(
+        self,
+        train_set: FeatureSet,
+        *,
+        model_cfg: ModelConfig,
+        feature_cfg: FeatureConfig,
+        training: TrainingConfig,
+        privacy: PrivacyConfig,
+        seed: int = 0,
+        genesis_seed: int | None = None,
+        noise_seed: int | None = None,
+        checkpoint_path: str | Path | None = None,
+    ) -> None:
+        if len(train_set) == 0:
+            raise FlavaError("no training examples: the node's data folder has no usable audio.")
+        self.training = training
+        self.privacy = privacy
+        self.feature_cfg = feature_cfg
+        self.model_cfg = model_cfg
+        self.label_names = list(train_set.label_names)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.n_train = len(train_set)
+        _, _, n_feat, n_frames = train_set.features.shape
+        self.model = genesis_model(
+            model_cfg,
+            len(self.label_names),
+            n_feat,
+            n_frames,
+            seed if genesis_seed is None else genesis_seed,
+        )
+        self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model)
+        self._aug_gen = torch.Generator().manual_seed(seed + 1)
+        data_gen = torch.Generator().manual_seed(seed + 2)
+        batch = min(training.batch_size, self.n_train)
+        loader = DataLoader(
+            TensorDataset(train_set.features, train_set.labels),
+            batch_size=batch,
+            shuffle=not privacy.enabled,
+            generator=data_gen,
+        )
+        optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=training.lr, momentum=training.momentum
+        )
+        self.ledger: PrivacyLedger | None = None
+        self._trainable: nn.Module = self.model
+        if privacy.enabled:
+            from opacus import PrivacyEngine
+
+            sample_rate = 1 / len(loader)
+            self.ledger = PrivacyLedger.plan(privacy, sample_rate)
+            # Real nodes draw DP noise from OS entropy: a noise seed an attacker could learn from
+            # the config would void the guarantee. Simulations pass one for reproducibility.
+            gen = torch.Generator().manual_seed(
+                noise_seed if noise_seed is not None else secrets.randbits(63)
+            )
+            self._engine = PrivacyEngine(accountant=privacy.accountant)
+            self._trainable, optimizer, loader = self._engine.make_private(
+                module=self.model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=self.ledger.noise_multiplier,
+                max_grad_norm=privacy.max_grad_norm,
+                poisson_sampling=True,
+                noise_generator=gen,
+            )
+            # The ledger is the single source of truth; the engine's own hook would count twice.
+            optimizer.step_hook = None
+        self.optimizer = optimizer
+        self.loader = loader
+        self._batches = iter(self.loader)
+        self.criterion = nn.CrossEntropyLoss()
+        if self.checkpoint_path and self.checkpoint_path.exists():
+            self._restore(self.checkpoint_path)
+
+    # ----------------------------------------------------------------- training
+    def train(self, k_steps: int) -> TrainReport:
+        """Take up to ``k_steps`` optimizer steps (fewer if the privacy budget runs out)."""
+        start = time.perf_counter()
+        k = k_steps
+        if self.ledger is not None:
+            k = self.ledger.allowed_steps(k_steps)
+            if k == 0:
+                log.warning(
+                    "privacy budget exhausted; refusing to train",
+                    epsilon=self.ledger.epsilon,
+                    target_epsilon=self.ledger.target_epsilon,
+                    delta=self.ledger.delta,
+                    steps=self.ledger.steps,
+                )
+                return self._report(0, 0, math.nan, start)
+            self.ledger.charge(k)
+            self.save()  # ε is on disk before any step that spends it
+        self._trainable.train()
+        total_loss, examples = 0.0, 0
+        for _ in range(k):
+            x, y = self._next_batch()
+            if self.training.spec_augment and len(x):
+                x = spec_augment(x, self._aug_gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            if len(x):
+                loss = self.criterion(self._trainable(x), y)
+                loss.backward()
+                total_loss += float(loss.detach()) * len(x)
+                examples += len(x)
+            else:
+                self._zero_sample_grads()
+            self.optimizer.step()
+        self.save()
+        return self._report(k, examples, total_loss / max(examples, 1), start)
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate (schedules are the caller's choice; post-processing for DP)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            x, y = next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.loader)
+            x, y = next(self._batches)
+        return x, y
+
+    def _zero_sample_grads(self) -> None:
+        """An empty Poisson batch still gets a noise-only step, as the accounting assumes."""
+        for p in self.model.parameters():
+            p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+
+    def _report(self, steps: int, examples: int, loss: float, start: float) -> TrainReport:
+        led = self.ledger
+        return TrainReport(
+            steps,
+            examples,
+            loss,
+            led.epsilon if led else None,
+            led.delta if led else None,
+            self.budget_state,
+            time.perf_counter() - start,
+        )
+
+    @property
+    def budget_state(self) -> BudgetState:
+        """``disabled`` without DP; ``budget_exhausted`` once no further step fits."""
+        return self.ledger.state if self.ledger else "disabled"
+
+    # ----------------------------------------------------------------- weights
+    def get_flat(self) -> npt.NDArray[np.float32]:
+        """All parameters as one float32 vector (model.parameters() order)."""
+        with torch.no_grad():
+            return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).numpy()
+
+    def set_flat(self, vec: npt.NDArray[np.float32]) -> None:
+        """Load a flat vector into the parameters in place (Opacus keeps its references)."""
+        flat = torch.as_tensor(np.asarray(vec, dtype=np.float32))
+        n = sum(p.numel() for p in self.model.parameters())
+        if flat.numel() != n:
+            raise ValueError(f"flat vector has {flat.numel()} values, model has {n}")
+        with torch.no_grad():
+            offset = 0
+            for p in self.model.parameters():
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, fs: FeatureSet, batch: int = 512) -> dict[str, float]:
+        """Accuracy and macro-F1 on ``fs``."""
+        self.model.eval()
+        preds = [self.model(fs.features[i : i + batch]).argmax(1) for i in range(0, len(fs), batch)]
+        pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+        return classification_report(fs.labels.numpy(), pred, len(self.label_names))
+
+    # ------------------------------------------------------------- persistence
+    def meta(self) -> dict[str, Any]:
+        """What a reader needs to rebuild the model: configs, labels, schema hash."""
+        return {
+            "model": self.model_cfg.model_dump(mode="json"),
+            "features": self.feature_cfg.model_dump(mode="json"),
+            "labels": self.label_names,
+            "schema_hash": self.schema,
+        }
+
+    def checkpoint(self) -> Checkpoint:
+        """Current weights + ledger as a :class:`Checkpoint`."""
+        weights = {n: p.detach().numpy().copy() for n, p in self.model.named_parameters()}
+        return Checkpoint(self.meta(), weights, self.ledger)
+
+    def save(self, path: str | Path | None = None) -> None:
+        """Atomically persist model + ledger (no-op without a path)."""
+        target = Path(path) if path else self.checkpoint_path
+        if target is not None:
+            save_checkpoint(target, self.checkpoint())
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.meta.get("schema_hash") != self.schema:
+            raise FlavaError(
+                f"{path}: checkpoint is for a different model/feature/label schema; move it "
+                f"away to start fresh, or restore the config it was trained with."
+            )
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(torch.from_numpy(ckpt.weights[n]))
+        if self.ledger is not None:
+            if ckpt.ledger is None:
+                raise FlavaError(f"{path}: checkpoint has no privacy ledger but DP is enabled.")
+            # σ and q were fixed for the node's lifetime when the ledger was first planned.
+            self.ledger = ckpt.ledger
+            self.optimizer.noise_multiplier = ckpt.ledger.noise_multiplier  # type: ignore[attr-defined]
+        log.info(
+            "resumed from checkpoint",
+            path=str(path),
+            epsilon=self.ledger.epsilon if self.ledger else None,
+        )
+
+
+def set_threads(n: int) -> None:
+    """Pin torch's intra-op threads (the machine has few cores; oversubscription is slow)."""
+    torch.set_num_threads(max(1, n))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, n)))

@@ -1,0 +1,1 @@
+"""No I/O: envelopes, tensor codec, chunking, replay window, message types."""
