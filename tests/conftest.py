@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real espeak-ng corpus: 6 speakers × 3 words (+unknown, silence) × 2 takes."""
+    from flava_p2p.learning.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(
+        out,
+        n_speakers=6,
+        takes=2,
+        words=["yes", "no", "stop"],
+        seed=7,
+        holdout_fraction=0.17,
+        workers=2,
+    )
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from flava_p2p.errors import FlavaError
@@ -37,6 +38,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps hand-wrapped descriptions and epilogs (the examples) as written."""
 
 
+def quiet_known_warnings() -> None:
+    """Hide third-party warnings that are expected and harmless, so users see only real issues."""
+    for message in (
+        "Full backward hook is firing",  # Opacus hooks on the first conv's input (no grad)
+        "Secure RNG turned off",  # nodes seed DP noise from OS entropy themselves
+        "Optimal order is the",  # RDP accountant at the edge of its order grid
+    ):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv``, configure logging, dispatch to ``args.func``; user errors exit 2 cleanly."""
     args = parser.parse_args(argv)
@@ -45,6 +56,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     configure_logging(args.log_format, args.log_level)
+    quiet_known_warnings()
     try:
         return func(args)
     except FlavaError as exc:

@@ -11,6 +11,7 @@ from torch import nn
 
 from flava_p2p.config import FeatureConfig, ModelConfig
 from flava_p2p.errors import FlavaError
+from flava_p2p.learning.grad_samplers import DepthwiseConv2d, PointwiseConv2d
 
 ModelFactory = Callable[[ModelConfig, int, int, int], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -55,11 +56,9 @@ class DSBlock(nn.Module):
 
     def __init__(self, channels: int, stride: int = 1) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(
-            channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False
-        )
+        self.dw = DepthwiseConv2d(channels, 3, stride=stride)
         self.gn1 = nn.GroupNorm(_groups(channels), channels)
-        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
+        self.pw = PointwiseConv2d(channels, channels)
         self.gn2 = nn.GroupNorm(_groups(channels), channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
