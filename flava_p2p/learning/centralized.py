@@ -31,6 +31,7 @@ def run_centralized(
     width: int = 64,
     holdout_speakers: float = 0.3,
     accountant: str = "rdp",
+    spec_augment: bool | None = None,
     features: FeatureConfig | None = None,
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -39,7 +40,8 @@ def run_centralized(
     """Train and evaluate once; returns the JSON-ready result dict.
 
     ``holdout_speakers`` is used only when the corpus has no validation/testing list files.
-    The learning rate follows a cosine decay to 0 over the run.
+    The learning rate follows a cosine decay to 0 over the run. SpecAugment defaults to on
+    without DP and off with it (DP-SGD already underfits; masking adds more noise than it helps).
     """
     start = time.perf_counter()
     feature_cfg = features or FeatureConfig()
@@ -68,7 +70,11 @@ def run_centralized(
         train,
         model_cfg=model_cfg,
         feature_cfg=feature_cfg,
-        training=TrainingConfig(batch_size=batch_size, lr=lr),
+        training=TrainingConfig(
+            batch_size=batch_size,
+            lr=lr,
+            spec_augment=(dp_epsilon is None) if spec_augment is None else spec_augment,
+        ),
         privacy=privacy,
         seed=seed,
         noise_seed=seed,

@@ -7,7 +7,6 @@ old file (and the directory fsynced), so a crash leaves either the old or the ne
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from flava_p2p.atomic import write_atomic
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.ledger import PrivacyLedger
 from flava_p2p.wire.tensors import TensorCodecError, decode_named, encode_named
@@ -39,28 +39,6 @@ class Checkpoint:
     ledger: PrivacyLedger | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Room for the runtime (view, seqno, round); plain msgpack values only."""
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content after a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:

@@ -20,7 +20,12 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def __init__(self, channels: int, kernel: int = 3, stride: int = 1) -> None:
         super().__init__(
-            channels, channels, kernel, stride=stride, padding=kernel // 2, groups=channels,
+            channels,
+            channels,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            groups=channels,
             bias=False,
         )
         self.pad = kernel // 2

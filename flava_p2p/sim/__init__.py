@@ -1,0 +1,1 @@
+"""Simulation: virtual clock and in-memory network driving the real node core."""

@@ -1,0 +1,414 @@
+"""Secure wire: round trips, tampering, replay, confidentiality, admission, chunking, codec."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from flava_p2p.identity import Identity
+from flava_p2p.sim.link import send_over_lossy_link
+from flava_p2p.wire import envelope as env_mod
+from flava_p2p.wire.endpoint import KIND_ENVELOPE, WireEndpoint
+from flava_p2p.wire.envelope import DOMAIN, Header, parse
+from flava_p2p.wire.fragments import Reassembler
+from flava_p2p.wire.messages import (
+    Delta,
+    DpInfo,
+    Hello,
+    HelloAck,
+    Message,
+    PeerDescriptor,
+    Ping,
+    Pong,
+    Shuffle,
+    ShuffleReply,
+)
+from flava_p2p.wire.tensors import TensorCodecError, decode_vector, encode_vector
+
+NOW = 1_800_000_000.0
+A, B, C = (Identity.from_seed(bytes([i]) * 32) for i in (1, 2, 3))
+SCHEMA = b"s" * 32
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def endpoints(network_key: bytes | None = None) -> tuple[WireEndpoint, WireEndpoint, WireEndpoint]:
+    """A, B and C, where A and B know each other and C knows both."""
+    eps = tuple(WireEndpoint(i, "testnet", network_key=network_key) for i in (A, B, C))
+    for ep in eps:
+        for other in (A, B, C):
+            if other is not ep.identity:
+                ep.add_peer(other.keys)
+    return eps  # type: ignore[return-value]
+
+
+def deliver(receiver: WireEndpoint, datagrams: list[bytes], now: float = NOW) -> list[Message]:
+    out = []
+    for d in datagrams:
+        out += [m.message for m in receiver.receive(d, now, "test")]
+    return out
+
+
+# ----------------------------------------------------------------------------- strategies
+peer_desc = st.builds(
+    PeerDescriptor,
+    peer_id=st.sampled_from([A.peer_id, B.peer_id, C.peer_id]),
+    box_key=st.binary(min_size=32, max_size=32),
+    box_key_sig=st.binary(min_size=64, max_size=64),
+    addrs=st.lists(st.text(max_size=40), max_size=4).map(tuple),
+    age=st.integers(0, 2**32 - 1),
+)
+finite = st.floats(0, 1e6, allow_nan=False)
+dp_info = st.builds(
+    DpInfo,
+    st.none() | finite,
+    st.none() | finite,
+    st.none() | finite,
+    st.none() | finite,
+    st.none() | finite,
+    st.none() | finite,
+)
+vectors = hnp.arrays(np.float32, st.integers(0, 3000), elements=st.floats(-1e3, 1e3, width=32))
+encodings = st.sampled_from(["fp32", "fp16", "int8", "topk"])
+
+
+@st.composite
+def delta_msgs(draw: st.DrawFn) -> Delta:
+    vec = draw(vectors)
+    enc = encode_vector(vec, draw(encodings), compress=draw(st.booleans()))
+    return Delta(
+        SCHEMA,
+        b"g" * 32,
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.integers(0, 2**32 - 1)),
+        enc,
+        draw(dp_info),
+    )
+
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(
+        Hello,
+        st.just(A.keys.box_key),
+        st.just(A.keys.box_key_sig),
+        st.lists(st.text(max_size=60), max_size=4).map(tuple),
+        st.booleans(),
+    ),
+    st.builds(HelloAck, st.just(A.keys.box_key), st.just(A.keys.box_key_sig)),
+    st.builds(Ping, st.integers(0, 2**64 - 1)),
+    st.builds(Pong, st.integers(0, 2**64 - 1)),
+    st.builds(Shuffle, st.lists(peer_desc, max_size=8).map(tuple)),
+    st.builds(ShuffleReply, st.lists(peer_desc, max_size=8).map(tuple)),
+    delta_msgs(),
+)
+
+
+def seal_from_a(msg: Message, ep_a: WireEndpoint) -> list[bytes]:
+    to = None if isinstance(msg, Hello) else B.peer_id
+    return ep_a.seal(to, msg, NOW, schema=SCHEMA if isinstance(msg, Delta) else b"")
+
+
+# ----------------------------------------------------------------------------- properties
+class TestRoundTrip:
+    @PROPS
+    @given(msg=messages)
+    def test_every_message_type_round_trips(self, msg: Message) -> None:
+        """Any valid message of any type arrives intact, exactly once."""
+        a, b, _ = endpoints()
+        got = deliver(b, seal_from_a(msg, a))
+        assert got == [msg]
+        assert b.rejections.total() == 0
+
+    @PROPS
+    @given(vec=vectors, enc=encodings, z=st.booleans())
+    def test_delta_vector_decoded_within_codec_error(
+        self, vec: np.ndarray, enc: str, z: bool
+    ) -> None:
+        """The receiver gets the decoded delta; lossless for fp32, bounded error otherwise."""
+        a, b, _ = endpoints()
+        msg = Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(vec, enc, compress=z))  # type: ignore[arg-type]
+        (inb,) = [m for d in a.seal(B.peer_id, msg, NOW, schema=SCHEMA) for m in b.receive(d, NOW)]
+        assert inb.vector is not None and inb.vector.shape == vec.shape
+        if enc == "fp32":
+            assert np.array_equal(inb.vector, vec)
+        elif enc in ("fp16", "int8") and vec.size:
+            tol = np.abs(vec).max() * (1e-3 if enc == "fp16" else 1 / 127) + 1e-6
+            assert np.abs(inb.vector - vec).max() <= tol
+
+
+class TestTampering:
+    @PROPS
+    @given(msg=messages, data=st.data())
+    def test_any_single_bit_flip_is_rejected_and_counted(
+        self, msg: Message, data: st.DataObject
+    ) -> None:
+        """Flipping any one bit of any datagram: no message, one counted rejection, no raise."""
+        a, b, _ = endpoints()
+        datagrams = seal_from_a(msg, a)
+        i = data.draw(st.integers(0, len(datagrams) - 1))
+        bit = data.draw(st.integers(0, 8 * len(datagrams[i]) - 1))
+        flipped = bytearray(datagrams[i])
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        assert b.receive(bytes(flipped), NOW, "x") == []
+        assert b.rejections.total() == 1
+        # and the untouched message still arrives afterwards (nothing was poisoned)
+        others = [d for j, d in enumerate(datagrams) if j != i]
+        assert deliver(b, [*others, datagrams[i]]) == [msg]
+
+    @PROPS
+    @given(msg=messages, data=st.data())
+    def test_truncated_or_extended_is_rejected(self, msg: Message, data: st.DataObject) -> None:
+        """Cutting bytes off or appending any bytes gets the datagram rejected and counted."""
+        a, b, _ = endpoints()
+        d = seal_from_a(msg, a)[0]
+        if data.draw(st.booleans()):
+            bad = d[: data.draw(st.integers(0, len(d) - 1))]
+        else:
+            bad = d + data.draw(st.binary(min_size=1, max_size=64))
+        assert b.receive(bad, NOW) == []
+        assert b.rejections.total() == 1
+
+    def test_replayed_datagram_is_rejected(self) -> None:
+        """The same authentic datagram twice: accepted once, then rejected as replay."""
+        a, b, _ = endpoints()
+        (d,) = a.seal(B.peer_id, Ping(1), NOW)
+        assert deliver(b, [d]) == [Ping(1)]
+        assert deliver(b, [d], NOW + 1) == []
+        assert b.rejections.by_reason() == {"replay": 1}
+
+    def test_replayed_fragmented_message_is_rejected(self) -> None:
+        """Replaying every fragment of a delivered large message yields nothing new."""
+        a, b, _ = endpoints()
+        msg = Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(np.ones(5000, np.float32)))
+        ds = a.seal(B.peer_id, msg, NOW, schema=SCHEMA)
+        assert len(ds) > 1 and deliver(b, ds) == [msg]
+        assert deliver(b, ds, NOW + 2) == []
+
+    def test_out_of_order_within_window_accepted(self) -> None:
+        """Later seqnos may arrive first (UDP reorders); each still counts once."""
+        a, b, _ = endpoints()
+        d1, d2 = a.seal(B.peer_id, Ping(1), NOW)[0], a.seal(B.peer_id, Ping(2), NOW)[0]
+        assert deliver(b, [d2, d1, d2, d1]) == [Ping(2), Ping(1)]
+
+    def test_stale_and_future_timestamps_rejected(self) -> None:
+        """Messages outside the time window are refused before the signature check."""
+        a, b, _ = endpoints()
+        (old,) = a.seal(B.peer_id, Ping(1), NOW - 3600)
+        (new,) = a.seal(B.peer_id, Ping(2), NOW + 3600)
+        assert deliver(b, [old, new]) == []
+        assert b.rejections.by_reason() == {"stale_timestamp": 1, "future_timestamp": 1}
+
+    def test_c_cannot_read_or_accept_message_for_b(self) -> None:
+        """A→B traffic delivered to C is refused, and C's keys cannot open the Box."""
+        a, _b, c = endpoints()
+        (d,) = a.seal(B.peer_id, Ping(7), NOW)
+        assert deliver(c, [d]) == []
+        assert c.rejections.by_reason() == {"wrong_recipient": 1}
+        env = parse(d[1:], 1 << 20)
+        from nacl.public import Box, PublicKey
+
+        with pytest.raises(env_mod.EnvelopeError, match="decrypt_failed"):
+            env_mod.decrypt(env, Box(C.box_key, PublicKey(A.keys.box_key)))
+
+    def test_resigned_with_another_key_rejected(self) -> None:
+        """C re-signs A's envelope (as A, or claiming to be itself): both are rejected."""
+        a, b, _ = endpoints()
+        (d,) = a.seal(B.peer_id, Ping(9), NOW)
+        env = parse(d[1:], 1 << 20)
+        for sender in (A.peer_id, C.peer_id):
+            h = Header(**{**env.header.__dict__, "sender": sender})
+            hb = h.encode()
+            sig = C.signing_key.sign(DOMAIN + hb).signature
+            forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
+            assert deliver(b, [forged]) == []
+        assert b.rejections.by_reason() == {"bad_signature": 1, "decrypt_failed": 1}
+
+    def test_non_canonical_header_rejected(self) -> None:
+        """A header re-encoded non-minimally (same values) is refused: no malleability."""
+        a, b, _ = endpoints()
+        (d,) = a.seal(B.peer_id, Ping(3), NOW)
+        env = parse(d[1:], 1 << 20)
+        fields = list(msgpack.unpackb(env.header_bytes))
+        hb = b"\xdc\x00\x0b" + b"".join(msgpack.packb(f) for f in fields)  # array16 header
+        sig = A.signing_key.sign(DOMAIN + hb).signature
+        forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
+        assert deliver(b, [forged]) == []
+        assert b.rejections.by_reason() == {"malformed": 1}
+
+
+class TestAdmission:
+    def test_without_network_key_rejected_before_parsing(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With a network key, a datagram without it costs one MAC check; nothing is parsed."""
+        key = bytes(range(32))
+        _, b, _ = endpoints(network_key=key)
+        outsider, _, _ = endpoints(network_key=None)
+        wrong, _, _ = endpoints(network_key=bytes(32))
+        called: list[bytes] = []
+        monkeypatch.setattr("flava_p2p.wire.endpoint.parse", lambda *a, **k: called.append(a[0]))  # type: ignore[func-returns-value]
+        for ep in (outsider, wrong):
+            for d in ep.seal(B.peer_id, Ping(1), NOW):
+                assert b.receive(d, NOW, "1.2.3.4:5") == []
+        assert called == []
+        assert b.rejections.by_reason() == {"network_mac": 2}
+        assert b.rejections.for_source("addr:1.2.3.4:5") == {"network_mac": 2}
+
+    def test_members_with_key_talk(self) -> None:
+        """Members sharing the key communicate normally, fragmented messages included."""
+        key = bytes(range(32))
+        a, b, _ = endpoints(network_key=key)
+        msg = Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(np.ones(3000, np.float32)))
+        assert deliver(b, a.seal(B.peer_id, msg, NOW, schema=SCHEMA)) == [msg]
+        assert all(len(d) <= 1200 for d in a.seal(B.peer_id, msg, NOW, schema=SCHEMA))
+
+    def test_hello_registers_self_certified_keys(self) -> None:
+        """A stranger's HELLO teaches its keys; a HELLO with a key not signed by it is refused."""
+        a = WireEndpoint(A, "testnet")
+        b = WireEndpoint(B, "testnet")
+        assert not b.knows(A.peer_id)
+        deliver(b, a.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW))
+        assert b.knows(A.peer_id)
+        c = WireEndpoint(C, "testnet")
+        deliver(b, c.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW))
+        assert not b.knows(C.peer_id)
+        assert b.rejections.by_reason() == {"identity_mismatch": 1}
+
+    def test_wrong_network_rejected(self) -> None:
+        """A node of another network id is refused."""
+        other = WireEndpoint(A, "othernet")
+        other.add_peer(B.keys)
+        _, b, _ = endpoints()
+        assert deliver(b, other.seal(B.peer_id, Ping(1), NOW)) == []
+        assert b.rejections.by_reason() == {"wrong_network": 1}
+
+
+class TestChunking:
+    def _big(self, n: int = 125_000) -> Delta:
+        vec = np.random.default_rng(0).normal(size=n).astype(np.float32)
+        return Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(vec))
+
+    def test_all_datagrams_within_mtu_and_any_order(self) -> None:
+        """A 500 kB delta is split under the MTU and reassembles from shuffled duplicates."""
+        a, b, _ = endpoints()
+        msg = self._big()
+        ds = a.seal(B.peer_id, msg, NOW, schema=SCHEMA)
+        assert len(ds) > 400 and max(map(len, ds)) <= 1200
+        shuffled = ds + ds[:50]
+        random.Random(0).shuffle(shuffled)
+        assert deliver(b, shuffled) == [msg]
+
+    @pytest.mark.parametrize(("loss", "required"), [(0.05, 0.99), (0.20, 0.95)])
+    def test_loss_repaired_within_three_rounds(self, loss: float, required: float) -> None:
+        """Independent loss on data and NACKs: delivered within 3 repair rounds often enough."""
+        rng = random.Random(42)
+        msg = self._big()
+        trials, ok = 60, 0
+        for _ in range(trials):
+            a, b, _ = endpoints()
+            r = send_over_lossy_link(
+                a, b, a.seal(B.peer_id, msg, NOW, schema=SCHEMA), loss, rng, start=NOW
+            )
+            ok += (
+                r.delivered
+                and r.repair_rounds <= 3
+                and r.message is not None
+                and r.message.message == msg
+            )
+        assert ok / trials >= required
+
+    def test_reassembly_caps_bound_memory(self) -> None:
+        """Declared sizes are reserved up front: byte and count caps refuse before buffers grow."""
+        a = WireEndpoint(A, "testnet")
+        b = WireEndpoint(
+            B, "testnet", reassembler=Reassembler(per_peer_bytes=350_000, max_partials_per_peer=2)
+        )
+        a.add_peer(B.keys)
+        b.add_peer(A.keys)
+
+        def first_fragment(n: int) -> bytes:  # the rest never arrives: stays incomplete
+            return a.seal(B.peer_id, self._big(n), NOW, schema=SCHEMA)[0]
+
+        b.receive(first_fragment(100_000), NOW)  # ~400 kB declared > 350 kB per peer
+        assert b.rejections.by_reason() == {"reassembly_cap": 1}
+        for _ in range(3):  # ~40 kB each: two fit, the third exceeds the partials cap
+            b.receive(first_fragment(10_000), NOW)
+        assert b.rejections.by_reason() == {"reassembly_cap": 2}
+        assert 0 < b.reassembler.buffered_bytes <= 350_000
+
+    def test_incomplete_reassembly_times_out(self) -> None:
+        """A message whose repairs never come is dropped and counted after giving up."""
+        a, b, _ = endpoints()
+        ds = a.seal(B.peer_id, self._big(10_000), NOW, schema=SCHEMA)
+        deliver(b, ds[:-1])
+        for t in range(200):
+            b.poll(NOW + t * 0.1)
+        assert b.reassembler.buffered_bytes == 0
+        assert b.rejections.by_reason() == {"reassembly_timeout": 1}
+
+    def test_forged_nack_causes_no_retransmission(self) -> None:
+        """Only the real recipient's NACK (pairwise MAC) triggers repairs; each round once."""
+        a, b, _c = endpoints()
+        ds = a.seal(B.peer_id, self._big(10_000), NOW, schema=SCHEMA)
+        deliver(b, ds[:-2])
+        b.poll(NOW + 1)
+        nacks = [d for _, d in b.take_outbox()]
+        assert len(nacks) == 2  # each NACK is sent twice
+        deliver(a, nacks)
+        assert len(a.take_outbox()) == 2 * 2  # round 1: two missing × two copies, once
+        c_nack = bytearray(nacks[0])
+        c_nack[-1] ^= 1
+        deliver(a, [bytes(c_nack)])
+        assert a.take_outbox() == []
+
+
+class TestTensorCodec:
+    @PROPS
+    @given(vec=vectors, enc=encodings, z=st.booleans())
+    def test_round_trip_shape_and_finiteness(self, vec: np.ndarray, enc: str, z: bool) -> None:
+        """Every encoding decodes to a finite float32 vector of the same length."""
+        out = decode_vector(encode_vector(vec, enc, compress=z))  # type: ignore[arg-type]
+        assert out.dtype == np.float32 and out.shape == vec.shape and np.isfinite(out).all()
+
+    @pytest.mark.parametrize(
+        "mutate",
+        [
+            lambda o: o.update(n=o["n"] + 1),
+            lambda o: o.update(n=-1),
+            lambda o: o.update(n=10**12),
+            lambda o: o.update(enc="pickle"),
+            lambda o: o.update(data=o["data"][:-1]),
+            lambda o: o.update(data=b"\x00\x00\xc0\x7f" * o["n"]),  # NaN
+            lambda o: o.update(data="text"),
+        ],
+    )
+    def test_malformed_rejected_before_allocation(self, mutate: Callable[[dict], None]) -> None:
+        """Lies about size/type/content raise TensorCodecError, never anything else."""
+        obj = encode_vector(np.ones(16, np.float32))
+        mutate(obj)
+        with pytest.raises(TensorCodecError):
+            decode_vector(obj)
+
+    def test_zstd_bomb_refused(self) -> None:
+        """A small zstd payload expanding past its declared size is refused."""
+        import zstandard
+
+        obj = {
+            "enc": "fp32",
+            "n": 4,
+            "zstd": True,
+            "data": zstandard.ZstdCompressor().compress(b"\x00" * 10_000_000),
+        }
+        with pytest.raises(TensorCodecError):
+            decode_vector(obj)
+
+    def test_refuses_nan_on_encode(self) -> None:
+        """A NaN in an outgoing delta is a bug upstream: refuse to send it."""
+        with pytest.raises(TensorCodecError):
+            encode_vector(np.array([1.0, np.nan], np.float32))
