@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,9 @@ def verify_key_from_peer_id(pid: bytes) -> bytes:
     return pid[len(prefix) :]
 
 
+@lru_cache(maxsize=4096)
 def peer_id_to_str(pid: bytes) -> str:
-    """``12D3KooW…`` text form."""
+    """``12D3KooW…`` text form (cached: the wire labels every authenticated datagram)."""
     return b58encode(pid)
 
 
