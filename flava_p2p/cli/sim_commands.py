@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from flava_p2p.cli.common import HelpFormatter, add_logging_args
@@ -180,6 +181,7 @@ def _register_centralized(sub: Any) -> None:
         help="write the trained model here (usable by `flava-node predict`)",
     )
     cen.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    cen.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result here")
     add_logging_args(cen, top_level=False)
     cen.set_defaults(func=_cmd_centralized)
 
@@ -213,6 +215,9 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             checkpoint=args.save,
             progress=on_progress,
         )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(result))
     else:
