@@ -102,6 +102,18 @@ class GossipConfig(_Strict):
     """Merging rule; ``clipped`` is self-centred clipping (ClippedGossip), robust by default."""
     compression: Compression = "fp16"
     """Encoding of outgoing deltas."""
+    shuffle_period_s: float = Field(default=5.0, gt=0)
+    """Cyclon peer-exchange period."""
+    shuffle_length: int = Field(default=4, ge=1, le=32)
+    """Descriptors exchanged per shuffle."""
+    ping_period_s: float = Field(default=2.0, gt=0)
+    """Liveness probe period (one random peer per period)."""
+    dead_after: int = Field(default=3, ge=1, le=100)
+    """Consecutive missed probes before a peer is declared dead and leaves the view."""
+    max_staleness: int = Field(default=8, ge=0)
+    """Deltas more than this many rounds behind ours are dropped."""
+    staleness_half_life: float = Field(default=4.0, gt=0)
+    """A delta this many rounds old weighs half as much when merging."""
 
 
 FeatureKind = Literal["logmel", "mfcc"]

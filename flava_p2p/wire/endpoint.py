@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -66,9 +67,14 @@ class RejectionCounter:
     """Rejections by (source, reason); source is a PeerID string or ``addr:…``."""
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    listener: Callable[[str, str], None] | None = None
+    """Called with (source, reason) on every rejection (the protocol's peer scores)."""
 
     def add(self, source: str, reason: str) -> None:
+        """Count one rejection and notify the listener."""
         self.counts[(source, reason)] += 1
+        if self.listener is not None:
+            self.listener(source, reason)
 
     def by_reason(self) -> dict[str, int]:
         """Totals per reason."""

@@ -219,26 +219,26 @@ class Reassembler:
         """NACKs due now, and (sender, seq) of reassemblies given up (to count as timeouts)."""
         nacks, dropped = [], []
         for key, p in list(self._partials.items()):
-            idle = now - p.last_progress
-            if (
-                p.nack_round < self.max_rounds
-                and idle >= self.nack_delay
-                and (now - p.last_nack >= self.nack_delay)
-            ):
+            # Same expressions as next_deadline(), so a due deadline is always acted on.
+            last = max(p.last_progress, p.last_nack)
+            if p.nack_round < self.max_rounds and now >= last + self.nack_delay:
                 p.nack_round += 1
                 p.last_nack = now
                 missing = [i for i in range(p.count) if i not in p.parts]
                 nacks.append(NackRequest(key[0], key[1], p.nack_round, p.count, missing))
-            elif now - p.last_nack >= self.give_up_after and idle >= self.give_up_after:
+            elif p.nack_round >= self.max_rounds and now >= last + self.give_up_after:
                 self._close(key)
                 dropped.append(key)
         return nacks, dropped
 
     def next_deadline(self) -> float | None:
         """Earliest time :meth:`poll` may have work (for the driver's single timer)."""
-        times = [
-            max(p.last_progress, p.last_nack) + self.nack_delay for p in self._partials.values()
-        ]
+        times = []
+        for p in self._partials.values():
+            if p.nack_round < self.max_rounds:
+                times.append(max(p.last_progress, p.last_nack) + self.nack_delay)
+            else:  # no NACK left: the next thing that can happen is giving up
+                times.append(max(p.last_progress, p.last_nack) + self.give_up_after)
         return min(times) if times else None
 
     @property

@@ -1,0 +1,1 @@
+"""The node's brain, sans I/O: no sockets, no clock, no global RNG. Time enters as ``now``."""

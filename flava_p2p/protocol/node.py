@@ -1,0 +1,496 @@
+"""NodeCore: one gossip-learning node, sans I/O.
+
+Inputs: ``receive(datagram, addr, now)``, ``timer(now)`` and ``local_update(model, ...)`` (the
+driver's training result). Outputs, pulled by the driver: ``datagrams_to_send()`` and
+``events()``; ``next_deadline()`` says when to call ``timer`` again. The real node drives this
+from asyncio (``runtime/``), the simulator from a virtual clock (``sim/``).
+
+One gossip round (period jittered by ±jitter):
+1. merge the deltas received since the last round with the own model (configured rule; the own
+   model is the anchor; weights = sample count × staleness), flagging outliers;
+2. emit :class:`TrainRequest` — the driver trains K DP-SGD steps from the merged model;
+3. on :meth:`local_update`, send the delta against the genesis model to ``fanout`` random peers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from flava_p2p.aggregation import AggParams, aggregate, staleness_weights
+from flava_p2p.config import GossipConfig
+from flava_p2p.identity import (
+    Identity,
+    IdentityError,
+    PeerKeys,
+    make_multiaddr,
+    parse_multiaddr,
+    peer_id_from_str,
+    verify_key_from_peer_id,
+)
+from flava_p2p.protocol.liveness import Liveness, PeerState
+from flava_p2p.protocol.scores import PeerScores
+from flava_p2p.protocol.view import PeerSamplingView
+from flava_p2p.wire.endpoint import Inbound, WireEndpoint
+from flava_p2p.wire.messages import (
+    Delta,
+    DpInfo,
+    Hello,
+    HelloAck,
+    Message,
+    PeerDescriptor,
+    Ping,
+    Pong,
+    Shuffle,
+    ShuffleReply,
+)
+from flava_p2p.wire.tensors import encode_vector
+
+Addr = tuple[str, int]
+Vec = npt.NDArray[np.float32]
+
+
+# ----------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class Send:
+    """A datagram the driver must send to ``addr``."""
+
+    addr: Addr
+    datagram: bytes
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    """A new peer entered the view."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    """A peer left the view: ``dead`` (missed probes) or ``graylisted``."""
+
+    peer: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Train from the current model now, then call :meth:`NodeCore.local_update`."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class ModelMerged:
+    """The model changed by merging ``inputs`` received models (load it before training)."""
+
+    round: int
+    model: Vec
+    inputs: int
+
+
+@dataclass(frozen=True)
+class Graylisted:
+    """A peer (PeerID) or an address (``addr:host:port``) is being ignored for a while."""
+
+    who: str
+
+
+Event = PeerJoined | PeerLeft | TrainRequest | ModelMerged | Graylisted
+
+
+@dataclass
+class _Received:
+    model: Vec
+    samples: int
+    round: int
+
+
+#: Hook for Byzantine behaviour (``attacks/``): given the honest outgoing model and context,
+#: return the model to send to one recipient (None: send nothing to it).
+OutgoingHook = Callable[["NodeCore", bytes, Vec], Vec | None]
+
+
+def genesis_hash(genesis: Vec) -> bytes:
+    """32-byte digest identifying the network's starting model."""
+    return hashlib.sha256(np.ascontiguousarray(genesis, dtype="<f4").tobytes()).digest()
+
+
+class NodeCore:
+    """The node's brain. Deterministic given its inputs and ``rng``."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        network_id: str,
+        genesis: Vec,
+        schema: bytes,
+        gossip: GossipConfig,
+        rng: random.Random,
+        advertised: list[str] | None = None,
+        bootstrap: list[Addr] | None = None,
+        wire: WireEndpoint | None = None,
+        scores: PeerScores | None = None,
+    ) -> None:
+        self.identity = identity
+        self.cfg = gossip
+        self.rng = rng
+        self.genesis = np.asarray(genesis, dtype=np.float32).copy()
+        self.genesis_hash = genesis_hash(self.genesis)
+        self.schema = schema
+        self.model = self.genesis.copy()
+        self.round = 0
+        self.sample_count = 0
+        self.dp = DpInfo(None, None)
+        self.wire = wire or WireEndpoint(identity, network_id)
+        self.wire.rejections.listener = self._on_reject
+        self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng)
+        self.liveness = Liveness(dead_after=gossip.dead_after)
+        self.scores = scores or PeerScores()
+        self.advertised = list(advertised or [])
+        self.bootstrap = list(bootstrap or [])
+        self.outgoing_hook: OutgoingHook | None = None
+        self.counters: dict[str, int] = {}
+        self._addr_of: dict[bytes, Addr] = {}
+        self._inbox: dict[bytes, _Received] = {}
+        self._pending_shuffle: dict[bytes, list[bytes]] = {}
+        self._dead_until: dict[bytes, float] = {}
+        # Recent neighbour distances: the clipping radius must come from many rounds, since one
+        # round has only ~fanout inputs and a single attacker would dominate their median.
+        self._distances: deque[float] = deque(maxlen=32)
+        self._sends: list[Send] = []
+        self._events: list[Event] = []
+        self._now = 0.0
+        self._next_gossip = self._next_shuffle = self._next_ping = self._next_boot = 0.0
+        self.started = False
+
+    # ------------------------------------------------------------------ driver API
+    def start(self, now: float) -> None:
+        """Schedule the first round (jittered so nodes started together do not sync)."""
+        self._now = now
+        self._next_gossip = now + self._jittered(self.cfg.period_s)
+        self._next_shuffle = now + self._jittered(self.cfg.shuffle_period_s)
+        self._next_ping = now + self._jittered(self.cfg.ping_period_s)
+        self._next_boot = now
+        self.started = True
+        self.timer(now)
+
+    def datagrams_to_send(self) -> list[Send]:
+        """Drain the datagrams produced since the last call."""
+        out, self._sends = self._sends, []
+        return out
+
+    def events(self) -> list[Event]:
+        """Drain the events produced since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        """When :meth:`timer` must next be called."""
+        times = [self._next_gossip, self._next_shuffle, self._next_ping]
+        if not self.view and self.bootstrap:
+            times.append(self._next_boot)
+        for t in (self.liveness.next_deadline(), self.wire.next_deadline()):
+            if t is not None:
+                times.append(t)
+        return min(times)
+
+    def receive(self, datagram: bytes, addr: Addr, now: float) -> None:
+        """Feed one received datagram."""
+        self._now = now
+        source = f"{addr[0]}:{addr[1]}"
+        if self.scores.addr_graylisted(f"addr:{source}", now):
+            self._count("dropped_graylisted_addr")
+            return
+        for inbound in self.wire.receive(datagram, now, source):
+            if self.scores.is_graylisted(inbound.sender, now):
+                self._count("dropped_graylisted_peer")
+                continue
+            self._handle(inbound, addr, now)
+        self._flush_wire()
+
+    def timer(self, now: float) -> None:
+        """Run everything due at ``now``."""
+        self._now = now
+        if not self.started:
+            return
+        if not self.view and self.bootstrap and now >= self._next_boot:
+            for addr in self.bootstrap:
+                self._send_plain(
+                    addr,
+                    Hello(
+                        self.identity.keys.box_key,
+                        self.identity.keys.box_key_sig,
+                        tuple(self.advertised),
+                    ),
+                )
+            self._next_boot = now + 2.0
+        if now >= self._next_gossip:
+            self._gossip_round(now)
+            self._next_gossip = now + self._jittered(self.cfg.period_s)
+        if now >= self._next_shuffle:
+            self._shuffle(now)
+            self._next_shuffle = now + self._jittered(self.cfg.shuffle_period_s)
+        if now >= self._next_ping:
+            self._probe(now)
+            self._next_ping = now + self._jittered(self.cfg.ping_period_s)
+        for peer, state in self.liveness.expire(now):
+            if state is PeerState.DEAD and peer in self.view:
+                self._drop_peer(peer, "dead")
+        self.wire.poll(now)
+        self._flush_wire()
+
+    def local_update(self, model: Vec, sample_count: int, dp: DpInfo, now: float) -> None:
+        """The driver's training result: adopt it and gossip its delta to ``fanout`` peers."""
+        self._now = now
+        self.model = np.asarray(model, dtype=np.float32).copy()
+        self.sample_count = sample_count
+        self.dp = dp
+        targets = [
+            p
+            for p in self.view.sample(self.cfg.fanout + 2)
+            if not self.scores.is_graylisted(p, now) and p in self._addr_of
+        ]
+        for peer in targets[: self.cfg.fanout]:
+            outgoing: Vec | None = self.model
+            if self.outgoing_hook is not None:
+                outgoing = self.outgoing_hook(self, peer, self.model)
+            if outgoing is not None:
+                self.send_model(peer, outgoing, now)
+
+    def send_model(self, peer: bytes, model: Vec, now: float) -> None:
+        """Seal ``model − genesis`` as a DELTA to ``peer``."""
+        delta = np.asarray(model, dtype=np.float32) - self.genesis
+        vec = encode_vector(delta, self.cfg.compression)
+        msg = Delta(self.schema, self.genesis_hash, self.round, self.sample_count, vec, self.dp)
+        for d in self.wire.seal(peer, msg, now, round=self.round, schema=self.schema):
+            self._sends.append(Send(self._addr_of[peer], d))
+        self._count("deltas_sent")
+
+    def address_of(self, peer: bytes) -> Addr | None:
+        """Last known address of ``peer``."""
+        return self._addr_of.get(peer)
+
+    def received_models(self) -> list[Vec]:
+        """Models received this round (what an omniscient attacker would look at)."""
+        return [r.model for r in self._inbox.values()]
+
+    # ------------------------------------------------------------------ handlers
+    def _handle(self, inbound: Inbound, addr: Addr, now: float) -> None:
+        sender, msg = inbound.sender, inbound.message
+        self.liveness.heard_from(sender, now)
+        self._dead_until.pop(sender, None)  # direct contact: alive after all
+        self._addr_of[sender] = addr
+        if isinstance(msg, Hello):  # HelloAck is a subclass
+            self._learn(
+                PeerDescriptor(
+                    sender,
+                    msg.box_key,
+                    msg.box_key_sig,
+                    msg.addrs or (make_multiaddr(*addr, sender),),
+                )
+            )
+            if msg.want_reply and not isinstance(msg, HelloAck):
+                keys = self.identity.keys
+                self._send_plain(
+                    addr, HelloAck(keys.box_key, keys.box_key_sig, tuple(self.advertised))
+                )
+        elif isinstance(msg, Pong):
+            self.liveness.pong(sender, msg.nonce, now)
+        elif isinstance(msg, Ping):
+            self._send(sender, Pong(msg.nonce))
+        elif isinstance(msg, ShuffleReply):
+            valid = self._usable(sender, msg.peers)
+            self.view.merge(valid, replaceable=self._pending_shuffle.pop(sender, []))
+            self._register_addrs(valid)
+            self._learn_direct(sender)  # it just answered: keep it (small networks need this)
+        elif isinstance(msg, Shuffle):
+            valid = self._usable(sender, msg.peers)
+            reply = self.view.answer_shuffle(sender, valid, self.cfg.shuffle_length)
+            self._register_addrs(valid)
+            self._send(sender, ShuffleReply(tuple(reply)))
+        elif isinstance(msg, Delta):
+            self._on_delta(sender, msg, inbound, now)
+
+    def _on_delta(self, sender: bytes, msg: Delta, inbound: Inbound, now: float) -> None:
+        if msg.schema_hash != self.schema or msg.genesis_hash != self.genesis_hash:
+            self._penalize(sender, "schema_mismatch", now)
+            return
+        if msg.round + self.cfg.max_staleness < self.round:
+            self._penalize(sender, "stale_delta", now)
+            return
+        assert inbound.vector is not None
+        if inbound.vector.shape != self.genesis.shape:
+            self._penalize(sender, "schema_mismatch", now)
+            return
+        self._inbox[sender] = _Received(self.genesis + inbound.vector, msg.sample_count, msg.round)
+        self._learn_direct(sender)
+        self.scores.reward(sender, now)
+        self._count("deltas_received")
+
+    def _learn_direct(self, peer: bytes) -> None:
+        """Add a peer that just talked to us directly (keys known, address observed)."""
+        keys = self.wire.peer_keys(peer)
+        addr = self._addr_of.get(peer)
+        if peer in self.view or keys is None or addr is None:
+            return
+        self._learn(
+            PeerDescriptor(peer, keys.box_key, keys.box_key_sig, (make_multiaddr(*addr, peer),))
+        )
+
+    def _usable(self, sender: bytes, peers: tuple[PeerDescriptor, ...]) -> list[PeerDescriptor]:
+        """Descriptors whose keys check out; a peer sending forged ones is penalised."""
+        good = []
+        for d in peers:
+            try:
+                keys = PeerKeys(
+                    d.peer_id, verify_key_from_peer_id(d.peer_id), d.box_key, d.box_key_sig
+                )
+                if d.peer_id != self.identity.peer_id:
+                    self.wire.add_peer(keys)
+                good.append(d)
+            except IdentityError:
+                self._penalize(sender, "identity_mismatch", self._now)
+        return [
+            d
+            for d in good
+            if not self.scores.is_graylisted(d.peer_id, self._now)
+            and self._dead_until.get(d.peer_id, -1.0) <= self._now  # no zombies via gossip
+        ]
+
+    def _register_addrs(self, descs: list[PeerDescriptor]) -> None:
+        for d in descs:
+            if d.peer_id in self._addr_of or d.peer_id == self.identity.peer_id:
+                continue
+            for text in d.addrs:
+                try:
+                    host, port, _ = parse_multiaddr(text)
+                except IdentityError:
+                    continue
+                self._addr_of[d.peer_id] = (host, port)
+                break
+
+    def _learn(self, desc: PeerDescriptor) -> None:
+        if self.scores.is_graylisted(desc.peer_id, self._now):
+            return
+        new = desc.peer_id not in self.view
+        if self.view.add(desc) and new:
+            self._events.append(PeerJoined(desc.peer_id))
+
+    # ------------------------------------------------------------------ periodic work
+    def _gossip_round(self, now: float) -> None:
+        fresh = {
+            p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
+        }
+        self._inbox.clear()
+        if fresh:
+            peers = sorted(fresh)
+            models = np.stack([fresh[p].model for p in peers])
+            ages = [max(0, self.round - fresh[p].round) for p in peers]
+            weights = staleness_weights(
+                [max(fresh[p].samples, 1) for p in peers], ages, self.cfg.staleness_half_life
+            )
+            dist = np.linalg.norm(models - self.model, axis=1)
+            self._flag_outliers(peers, dist, now)
+            self._distances.extend(float(d) for d in dist)
+            params = AggParams(
+                clip_tau=float(np.median(self._distances)),
+                self_weight=float(max(self.sample_count, 1)),
+                byzantine=max(1, len(peers) // 4),
+            )
+            self.model = aggregate(self.cfg.aggregation, self.model, models, weights, params)
+        self.round += 1
+        self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
+        self._events.append(TrainRequest(self.round))
+
+    def _flag_outliers(self, peers: list[bytes], dist: npt.NDArray[np.float32], now: float) -> None:
+        """Peers much farther from us than the typical recent neighbour lose score."""
+        if len(self._distances) < 4:
+            return
+        med = float(np.median(self._distances))
+        for p, d in zip(peers, dist, strict=True):
+            if med > 0 and d > 4 * med:
+                self._penalize(p, "outlier", now)
+
+    def _shuffle(self, now: float) -> None:
+        me = PeerDescriptor(
+            self.identity.peer_id,
+            self.identity.keys.box_key,
+            self.identity.keys.box_key_sig,
+            tuple(self.advertised),
+        )
+        started = self.view.start_shuffle(self.cfg.shuffle_length, me)
+        if started is None:
+            return
+        q, sent = started
+        if q in self._addr_of:
+            self._pending_shuffle[q] = [d.peer_id for d in sent[1:]]
+            self._send(q, Shuffle(tuple(sent)))
+        # Q left the view (Cyclon); it comes back if it answers or shows up in a sample.
+
+    def _probe(self, now: float) -> None:
+        peers = [p for p in self.view.peers() if p in self._addr_of]
+        if not peers:
+            return
+        peer = self.rng.choice(peers)
+        nonce = self.rng.getrandbits(63)
+        self.liveness.probe_sent(peer, nonce, now)
+        self._send(peer, Ping(nonce))
+
+    # ------------------------------------------------------------------ helpers
+    def _send(self, peer: bytes, msg: Message) -> None:
+        addr = self._addr_of.get(peer)
+        if addr is None or not self.wire.knows(peer):
+            return
+        for d in self.wire.seal(peer, msg, self._now):
+            self._sends.append(Send(addr, d))
+
+    def _send_plain(self, addr: Addr, msg: Hello) -> None:
+        for d in self.wire.seal(None, msg, self._now):
+            self._sends.append(Send(addr, d))
+
+    def _flush_wire(self) -> None:
+        for peer, d in self.wire.take_outbox():
+            addr = self._addr_of.get(peer)
+            if addr is not None:
+                self._sends.append(Send(addr, d))
+
+    def _drop_peer(self, peer: bytes, reason: str) -> None:
+        if reason == "dead":
+            self._dead_until[peer] = self._now + 10 * self.cfg.shuffle_period_s
+        self.view.remove(peer)
+        self.liveness.forget(peer)
+        self._inbox.pop(peer, None)
+        self._events.append(PeerLeft(peer, reason))
+
+    def _penalize(self, peer: bytes, reason: str, now: float) -> None:
+        self._count(f"penalty_{reason}")
+        if self.scores.penalize(peer, reason, now):
+            self._events.append(Graylisted(peer.hex()))
+            if peer in self.view:
+                self._drop_peer(peer, "graylisted")
+
+    def _on_reject(self, source: str, reason: str) -> None:
+        if source.startswith("addr:"):
+            if self.scores.addr_rejected(source, self._now):
+                self._events.append(Graylisted(source))
+            return
+        try:
+            peer = peer_id_from_str(source)
+        except IdentityError:
+            return
+        self._penalize(peer, reason, self._now)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _jittered(self, period: float) -> float:
+        return period * (1 + self.cfg.jitter * (2 * self.rng.random() - 1))

@@ -1,0 +1,100 @@
+"""Peer scores and graylisting, fed by authenticated wire rejections and aggregation outliers.
+
+Only failures that can be attributed (after a signature or pairwise MAC verified) lower a
+peer's score; unauthenticated garbage is charged to the source *address*, which is graylisted
+by rate so a flooder costs little. Scores decay back towards zero so a peer recovers from a
+transient fault.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+#: Score penalty per rejection reason (authenticated sources only).
+PENALTIES: dict[str, float] = {
+    "bad_payload": 5.0,
+    "bad_tensor": 5.0,
+    "decrypt_failed": 5.0,
+    "identity_mismatch": 5.0,
+    "bad_fragment": 3.0,
+    "schema_mismatch": 2.0,
+    "stale_delta": 0.5,
+    "reassembly_cap": 1.0,
+    "reassembly_timeout": 0.2,
+    "outlier": 1.0,
+    "flood": 10.0,
+}
+
+
+@dataclass
+class _Addr:
+    times: deque[float] = field(default_factory=deque)
+
+
+class PeerScores:
+    """Per-peer scores, per-address rejection rates, and the resulting graylist."""
+
+    def __init__(self, threshold: float = -20.0, graylist_s: float = 300.0,
+                 decay_per_s: float = 0.05, addr_rate: int = 200, addr_window_s: float = 5.0,
+                 addr_graylist_s: float = 60.0) -> None:  # fmt: skip
+        self.threshold = threshold
+        self.graylist_s = graylist_s
+        self.decay_per_s = decay_per_s
+        self.addr_rate = addr_rate
+        self.addr_window_s = addr_window_s
+        self.addr_graylist_s = addr_graylist_s
+        self._score: dict[bytes, tuple[float, float]] = {}  # peer → (score, at)
+        self._peer_until: dict[bytes, float] = {}
+        self._addr: dict[str, _Addr] = {}
+        self._addr_until: dict[str, float] = {}
+
+    def score(self, peer: bytes, now: float) -> float:
+        """Current (decayed) score; 0 is neutral, negative is bad."""
+        s, at = self._score.get(peer, (0.0, now))
+        if s < 0:
+            s = min(0.0, s + self.decay_per_s * (now - at))
+        return s
+
+    def penalize(self, peer: bytes, reason: str, now: float) -> bool:
+        """Lower the score; True when this graylists the peer."""
+        s = self.score(peer, now) - PENALTIES.get(reason, 1.0)
+        self._score[peer] = (s, now)
+        if s <= self.threshold and not self.is_graylisted(peer, now):
+            self._peer_until[peer] = now + self.graylist_s
+            return True
+        return False
+
+    def reward(self, peer: bytes, now: float, amount: float = 0.2) -> None:
+        """A useful message nudges the score back up (capped at 0)."""
+        self._score[peer] = (min(0.0, self.score(peer, now) + amount), now)
+
+    def is_graylisted(self, peer: bytes, now: float) -> bool:
+        """Whether messages from ``peer`` are dropped now."""
+        return self._peer_until.get(peer, -1.0) > now
+
+    def graylisted(self, now: float) -> list[bytes]:
+        """Peers graylisted now."""
+        return sorted(p for p, t in self._peer_until.items() if t > now)
+
+    def addr_rejected(self, addr: str, now: float) -> bool:
+        """Count an unauthenticated rejection; True when this graylists the address."""
+        a = self._addr.setdefault(addr, _Addr())
+        a.times.append(now)
+        while a.times and a.times[0] < now - self.addr_window_s:
+            a.times.popleft()
+        if len(a.times) >= self.addr_rate and not self.addr_graylisted(addr, now):
+            self._addr_until[addr] = now + self.addr_graylist_s
+            a.times.clear()
+            return True
+        if len(self._addr) > 10_000:  # bound memory under address-spoofing floods
+            self._addr.clear()
+        return False
+
+    def addr_graylisted(self, addr: str, now: float) -> bool:
+        """Whether datagrams from ``addr`` are dropped unread now."""
+        return self._addr_until.get(addr, -1.0) > now
+
+    def graylisted_addrs(self, now: float) -> list[str]:
+        """Addresses graylisted now."""
+        return sorted(a for a, t in self._addr_until.items() if t > now)

@@ -1,0 +1,112 @@
+"""Cyclon peer-sampling view (Voulgaris, Gavidia & van Steen, 2005).
+
+A bounded set of peer descriptors with ages. Each shuffle the node ages its entries, removes the
+oldest peer Q, and swaps a random sample (plus a fresh descriptor of itself) with Q; Q answers
+with a sample of its own. Entries received replace the ones sent. Dead peers age out; a peer
+that never answers is simply gone after its shuffle (Cyclon's implicit failure detection).
+All randomness comes from the ``random.Random`` passed in.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from flava_p2p.wire.messages import PeerDescriptor
+
+
+@dataclass
+class ViewEntry:
+    """One peer in the view."""
+
+    descriptor: PeerDescriptor
+    age: int = 0
+
+
+class PeerSamplingView:
+    """The node's partial view of the network."""
+
+    def __init__(self, me: bytes, size: int, rng: random.Random) -> None:
+        self.me = me
+        self.size = size
+        self.rng = rng
+        self._entries: dict[bytes, ViewEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._entries
+
+    def peers(self) -> list[bytes]:
+        """PeerIDs in the view, in a stable order (sorted) so seeded sampling reproduces."""
+        return sorted(self._entries)
+
+    def descriptor(self, peer: bytes) -> PeerDescriptor | None:
+        """The stored descriptor of ``peer``."""
+        e = self._entries.get(peer)
+        return e.descriptor if e else None
+
+    def add(self, desc: PeerDescriptor) -> bool:
+        """Insert (or refresh) a peer; when full, evict the oldest. False for self."""
+        if desc.peer_id == self.me:
+            return False
+        existing = self._entries.get(desc.peer_id)
+        if existing is not None:
+            if desc.age <= existing.age:
+                existing.descriptor, existing.age = desc, desc.age
+            return True
+        if len(self._entries) >= self.size:
+            oldest = max(self.peers(), key=lambda p: self._entries[p].age)
+            del self._entries[oldest]
+        self._entries[desc.peer_id] = ViewEntry(desc, desc.age)
+        return True
+
+    def remove(self, peer: bytes) -> None:
+        """Drop a peer (dead or graylisted)."""
+        self._entries.pop(peer, None)
+
+    def sample(self, k: int, exclude: set[bytes] | None = None) -> list[bytes]:
+        """Up to ``k`` distinct random peers (gossip targets)."""
+        pool = [p for p in self.peers() if not exclude or p not in exclude]
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    # ------------------------------------------------------------------ Cyclon
+    def start_shuffle(
+        self, length: int, me: PeerDescriptor
+    ) -> tuple[bytes, list[PeerDescriptor]] | None:
+        """Age entries, pick the oldest peer Q and the descriptors to send it (incl. self)."""
+        if not self._entries:
+            return None
+        for e in self._entries.values():
+            e.age += 1
+        q = max(self.peers(), key=lambda p: self._entries[p].age)
+        del self._entries[q]
+        others = self.sample(length - 1)
+        sent = [self._with_age(p) for p in others]
+        return q, [replace(me, age=0), *sent]
+
+    def answer_shuffle(self, sender: bytes, received: list[PeerDescriptor],
+                       length: int) -> list[PeerDescriptor]:  # fmt: skip
+        """Reply to a SHUFFLE: a random sample for the sender, then merge what it sent."""
+        reply = [self._with_age(p) for p in self.sample(length, exclude={sender})]
+        self.merge(received, replaceable=[d.peer_id for d in reply])
+        return reply
+
+    def merge(self, received: list[PeerDescriptor], replaceable: list[bytes]) -> None:
+        """Cyclon merge: new entries fill free slots, then replace ``replaceable`` ones."""
+        victims = [p for p in replaceable if p in self._entries]
+        for desc in received:
+            if desc.peer_id == self.me:
+                continue
+            if desc.peer_id in self._entries:
+                self.add(desc)  # keeps the younger descriptor
+            elif len(self._entries) < self.size:
+                self.add(desc)
+            elif victims:
+                del self._entries[victims.pop()]
+                self.add(desc)
+
+    def _with_age(self, peer: bytes) -> PeerDescriptor:
+        e = self._entries[peer]
+        return replace(e.descriptor, age=e.age)

@@ -1,0 +1,208 @@
+"""The sans-I/O node core, driven by hand over the in-memory network (no sockets, no clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flava_p2p.config import GossipConfig
+from flava_p2p.identity import Identity
+from flava_p2p.protocol.liveness import Liveness, PeerState
+from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined
+from flava_p2p.protocol.view import PeerSamplingView
+from flava_p2p.sim.network import LinkModel, VirtualNetwork
+from flava_p2p.wire.messages import DpInfo, PeerDescriptor
+
+DIM = 16
+SCHEMA = b"k" * 32
+FAST = GossipConfig(
+    period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3, view_size=8, fanout=2, aggregation="mean"
+)
+
+
+def build(
+    n: int,
+    *,
+    seed: int = 0,
+    gossip: GossipConfig = FAST,
+    loss: float = 0.0,
+    targets: np.ndarray | None = None,
+) -> VirtualNetwork:
+    """n nodes that all know only node 0; toy learner pulls each node toward its target."""
+    import random
+
+    rng = np.random.default_rng(seed)
+    goal = targets if targets is not None else rng.normal(size=(n, DIM)).astype(np.float32)
+
+    def learner(i: int, model: np.ndarray) -> tuple[np.ndarray, int, DpInfo]:
+        return model + 0.3 * (goal[i] - model), 10, DpInfo(None, None)
+
+    net = VirtualNetwork(link=LinkModel(loss=loss), seed=seed, learner=learner)
+    genesis = np.zeros(DIM, np.float32)
+    for i in range(n):
+        ident = Identity.from_seed(bytes([seed % 256, i]) * 16)
+        core = NodeCore(
+            ident,
+            network_id="t",
+            genesis=genesis,
+            schema=SCHEMA,
+            gossip=gossip,
+            rng=random.Random(seed * 1000 + i),
+            bootstrap=[] if i == 0 else [VirtualNetwork.address(0)],
+        )
+        net.add(core)
+    net.start()
+    return net
+
+
+class TestDiscovery:
+    def test_everyone_finds_everyone(self) -> None:
+        """From a single bootstrap node, peer sampling spreads knowledge of all 6 nodes."""
+        net = build(6)
+        net.run_until(20.0)
+        for i, node in enumerate(net.nodes):
+            known = set(node.view.peers()) | {node.identity.peer_id}
+            assert len(node.view) >= 4, i
+            assert node.identity.peer_id in known
+        union = set().union(*(set(n.view.peers()) for n in net.nodes))
+        assert union == {n.identity.peer_id for n in net.nodes}
+
+    def test_view_is_bounded(self) -> None:
+        """With 20 nodes and view size 8, no view exceeds 8."""
+        net = build(20)
+        net.run_until(15.0)
+        assert max(len(n.view) for n in net.nodes) <= 8
+        assert min(len(n.view) for n in net.nodes) >= 4
+
+
+class TestGossipLearning:
+    def test_models_converge_to_consensus(self) -> None:
+        """Deltas flow; merging pulls nodes far closer together than their local optima are."""
+        goals = np.random.default_rng(1).normal(size=(6, DIM)).astype(np.float32)
+        net = build(6, targets=goals)
+        net.run_until(40.0)
+        models = np.stack([n.model for n in net.nodes])
+        spread = np.linalg.norm(models - models.mean(0), axis=1).max()
+        alone = np.linalg.norm(goals - goals.mean(0), axis=1).max()  # spread without gossip
+        assert spread < 0.6 * alone
+        assert all(n.counters.get("deltas_received", 0) > 5 for n in net.nodes)
+
+    def test_same_seed_same_run(self) -> None:
+        """A seeded run is bit-for-bit reproducible, lossy links included."""
+        a, b = build(5, seed=3, loss=0.1), build(5, seed=3, loss=0.1)
+        a.run_until(10.0)
+        b.run_until(10.0)
+        for x, y in zip(a.nodes, b.nodes, strict=True):
+            assert np.array_equal(x.model, y.model)
+        assert [(t, i, type(e).__name__) for t, i, e in a.events] == [
+            (t, i, type(e).__name__) for t, i, e in b.events
+        ]
+
+    def test_survives_loss(self) -> None:
+        """With 20% datagram loss nodes still discover and exchange deltas."""
+        net = build(5, loss=0.2)
+        net.run_until(30.0)
+        assert all(len(n.view) >= 2 for n in net.nodes)
+        assert all(n.counters.get("deltas_received", 0) > 0 for n in net.nodes)
+
+
+class TestFaults:
+    def test_dead_peer_leaves_views(self) -> None:
+        """A crashed node leaves every view (probes or Cyclon's implicit detection) for good."""
+        net = build(5)
+        net.run_until(10.0)
+        dead = net.nodes[3].identity.peer_id
+        net.down.add(3)
+        net.run_until(40.0)
+        for i, node in enumerate(net.nodes):
+            if i != 3:
+                assert dead not in node.view.peers(), i
+        net.run_until(60.0)  # and it does not come back through third-party shuffles
+        assert all(dead not in n.view.peers() for i, n in enumerate(net.nodes) if i != 3)
+
+    def test_garbage_flood_graylists_the_address(self) -> None:
+        """Unauthenticated garbage is counted per address, then the address is ignored."""
+        net = build(3)
+        net.run_until(3.0)
+        rng = np.random.default_rng(0)
+        for k in range(400):
+            net.inject(("192.0.2.66", 9), 0, rng.bytes(200), delay=k * 0.001)
+        net.run_until(5.0)
+        node = net.nodes[0]
+        assert node.scores.addr_graylisted("addr:192.0.2.66:9", net.now)
+        assert node.counters.get("dropped_graylisted_addr", 0) > 0
+        assert any(isinstance(e, Graylisted) for _, i, e in net.events if i == 0)
+
+    def test_byzantine_outlier_is_clipped_and_penalised(self) -> None:
+        """A peer sending huge models barely moves honest nodes under self-centred clipping."""
+        gossip = FAST.model_copy(update={"aggregation": "clipped"})
+        targets = np.zeros((6, DIM), np.float32)
+        net = build(6, gossip=gossip, targets=targets)
+        evil = net.nodes[5]
+        evil.outgoing_hook = lambda core, peer, model: model + 1e4
+        net.run_until(30.0)
+        honest = np.stack([n.model for n in net.nodes[:5]])
+        assert np.abs(honest).max() < 1e3  # clipping kept them far from +1e4
+        assert sum(n.counters.get("penalty_outlier", 0) for n in net.nodes[:5]) > 0
+
+    def test_wrong_schema_delta_rejected(self) -> None:
+        """A node with another schema hash cannot inject its deltas."""
+        net = build(4)
+        net.nodes[3].schema = b"x" * 32
+        net.run_until(20.0)
+        assert sum(n.counters.get("penalty_schema_mismatch", 0) for n in net.nodes[:3]) > 0
+
+
+class TestLiveness:
+    def test_probe_suspect_dead_alive(self) -> None:
+        """Missed probes: suspect, then dead after dead_after; any message revives."""
+        lv = Liveness(initial_timeout=1.0, dead_after=2)
+        p = b"p"
+        lv.probe_sent(p, 1, 0.0)
+        assert lv.expire(0.5) == []
+        assert lv.expire(1.0) == [(p, PeerState.SUSPECT)]
+        lv.probe_sent(p, 2, 2.0)
+        assert lv.expire(3.0) == [(p, PeerState.DEAD)]
+        lv.heard_from(p, 4.0)
+        assert lv.state(p) is PeerState.ALIVE
+
+    def test_timeout_adapts_to_rtt(self) -> None:
+        """After fast PONGs the timeout shrinks toward srtt + 4·rttvar (clamped)."""
+        lv = Liveness(initial_timeout=1.0, min_timeout=0.05)
+        p = b"p"
+        for k in range(10):
+            lv.probe_sent(p, k, float(k))
+            assert lv.pong(p, k, k + 0.02) is not None
+        assert lv.timeout(p) < 0.2
+        assert lv.pong(p, 99, 20.0) is None  # unsolicited PONG is ignored
+
+
+class TestView:
+    def test_cyclon_shuffle_swaps_entries(self) -> None:
+        """start_shuffle removes the oldest peer and sends self + a sample; merge fills slots."""
+        import random
+
+        me = Identity.from_seed(b"m" * 32)
+        others = [Identity.from_seed(bytes([i]) * 32) for i in range(6)]
+        view = PeerSamplingView(me.peer_id, 4, random.Random(0))
+        descs = [PeerDescriptor(o.peer_id, o.keys.box_key, o.keys.box_key_sig, ()) for o in others]
+        for d in descs[:4]:
+            assert view.add(d)
+        assert len(view) == 4
+        selfdesc = PeerDescriptor(me.peer_id, me.keys.box_key, me.keys.box_key_sig, ())
+        started = view.start_shuffle(3, selfdesc)
+        assert started is not None
+        q, sent = started
+        assert q not in view and sent[0].peer_id == me.peer_id and len(sent) == 3
+        view.merge(descs[4:], replaceable=[d.peer_id for d in sent[1:]])
+        assert len(view) == 4 and descs[4].peer_id in view
+        assert not view.add(selfdesc)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_tiny_networks_work(n: int) -> None:
+    """Even 2-3 nodes discover each other and exchange deltas."""
+    net = build(n)
+    net.run_until(10.0)
+    assert all(isinstance(e, PeerJoined) for _, _, e in net.events if isinstance(e, PeerJoined))
+    assert all(len(node.view) == n - 1 for node in net.nodes)
