@@ -79,6 +79,8 @@ class NetworkConfig(_Strict):
     """Maximum datagram payload in bytes; larger messages are chunked."""
     multicast_beacons: bool = False
     """Announce and discover peers on the LAN by multicast (opt-in)."""
+    genesis_seed: int = Field(default=0, ge=0)
+    """Every node of a network derives the same genesis model from this seed."""
 
 
 AggregationName = Literal[
@@ -183,7 +185,9 @@ class DataConfig(_Strict):
     root: Path = Path("data")
     """Speech Commands layout: ``<root>/<label>/<speaker>_nohash_<n>.wav``."""
     cache_dir: Path | None = None
-    """Feature cache; default ``<home>/cache``."""
+    """Feature cache; default ``<root>/.flava_cache``."""
+    eval_root: Path | None = None
+    """Optional held-out clips (same layout) for the local validation accuracy in /status."""
 
 
 class ApiConfig(_Strict):

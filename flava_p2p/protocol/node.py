@@ -161,6 +161,8 @@ class NodeCore:
         self.counters: dict[str, int] = {}
         self._addr_of: dict[bytes, Addr] = {}
         self._inbox: dict[bytes, _Received] = {}
+        self.last_inputs: dict[bytes, Vec] = {}
+        """Models merged in the last round, by sender (attack context, diagnostics)."""
         self._pending_shuffle: dict[bytes, list[bytes]] = {}
         self._dead_until: dict[bytes, float] = {}
         # Recent neighbour distances: the clipping radius must come from many rounds, since one
@@ -274,6 +276,16 @@ class NodeCore:
         for d in self.wire.seal(peer, msg, now, round=self.round, schema=self.schema):
             self._sends.append(Send(self._addr_of[peer], d))
         self._count("deltas_sent")
+
+    def restore_view(self, descriptors: list[PeerDescriptor]) -> None:
+        """Re-admit peers saved before a restart (their keys are re-checked)."""
+        for d in self._usable(self.identity.peer_id, tuple(descriptors)):
+            self._learn(d)
+        self._register_addrs(list(descriptors))
+
+    def view_descriptors(self) -> list[PeerDescriptor]:
+        """The current view, for checkpoints."""
+        return [d for p in self.view.peers() if (d := self.view.descriptor(p)) is not None]
 
     def address_of(self, peer: bytes) -> Addr | None:
         """Last known address of ``peer``."""
@@ -391,6 +403,7 @@ class NodeCore:
             p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
         }
         self._inbox.clear()
+        self.last_inputs = {p: r.model for p, r in fresh.items()}
         if fresh:
             peers = sorted(fresh)
             models = np.stack([fresh[p].model for p in peers])

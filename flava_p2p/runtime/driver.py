@@ -1,0 +1,391 @@
+"""The asyncio node driver: UDP socket ↔ NodeCore ↔ one timer, training in an executor.
+
+Like aioquic's asyncio adapter: on a datagram, feed the core; then process events, transmit,
+and re-arm the single timer. DP-SGD runs in a one-thread executor so the loop (and the status
+API) stay responsive. Crash safety: the model and privacy ledger are persisted by the trainer
+around every training burst; the seqno reservation is persisted before a datagram with a new
+seqno block leaves; view and round are saved every few seconds and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+import asyncio_dgram
+import numpy as np
+import structlog
+
+from flava_p2p.attacks import (
+    AttackContext,
+    AttackSpec,
+    apply_model_attack,
+    flip_labels,
+)
+from flava_p2p.config import NodeConfig
+from flava_p2p.errors import FlavaError
+from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
+from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
+from flava_p2p.learning.trainer import LocalTrainer, genesis_model
+from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, PeerLeft, TrainRequest, Vec
+from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
+from flava_p2p.wire.endpoint import WireEndpoint
+from flava_p2p.wire.messages import DpInfo
+
+log = structlog.get_logger("flava.node")
+
+MAX_QUEUED_DATAGRAMS = 4096
+STATE_SAVE_PERIOD_S = 5.0
+EVAL_EVERY_ROUNDS = 2
+
+
+def resolve(home: Path, path: Path) -> Path:
+    """Config paths are relative to the node home."""
+    return path if path.is_absolute() else home / path
+
+
+class NodeRunner:
+    """One running node (``flava-node run``)."""
+
+    def __init__(self, home: Path, cfg: NodeConfig, attack: AttackSpec | None = None) -> None:
+        self.home = home
+        self.cfg = cfg
+        self.attack = attack
+        self.started_at = time.time()
+        self.counters: dict[str, int] = {}
+        self.accuracy: dict[str, Any] = {}
+        self.last_train: dict[str, Any] = {}
+        self._training = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flava-train")
+        self._stop = asyncio.Event()
+        self._sent_log: list[tuple[tuple[str, int], bytes]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _load_identity(self) -> Identity:
+        passphrase = None
+        if self.cfg.identity.passphrase_env:
+            passphrase = os.environ.get(self.cfg.identity.passphrase_env)
+        return load_keystore(resolve(self.home, self.cfg.identity.keystore), passphrase)
+
+    def _load_data(self) -> tuple[FeatureSet, FeatureSet | None]:
+        cfg = self.cfg
+        root = resolve(self.home, cfg.data.root)
+        cache = resolve(self.home, cfg.data.cache_dir) if cfg.data.cache_dir else None
+        fs = load_features(scan_corpus(root), cfg.features, cache_dir=cache)
+        train = fs.split("train")
+        evaluation = fs.split("validation") if len(fs.split("validation")) else None
+        if cfg.data.eval_root is not None:
+            ev = load_features(scan_corpus(resolve(self.home, cfg.data.eval_root)), cfg.features)
+            if ev.label_names != train.label_names:
+                raise FlavaError(
+                    f"data.eval_root labels {ev.label_names} differ from the training labels "
+                    f"{train.label_names}; both folders need the same label sub-folders."
+                )
+            evaluation = ev
+        if self.attack is not None and self.attack.name == "label_flip":
+            train.labels = torch_tensor(flip_labels(train.labels.numpy(), len(train.label_names)))
+        return train, evaluation
+
+    async def run(self) -> None:
+        """Start everything, serve until SIGINT/SIGTERM or :meth:`stop`, then shut down cleanly."""
+        import torch
+
+        torch.set_num_threads(self.cfg.training.threads)
+        cfg = self.cfg
+        self.identity = self._load_identity()
+        self.train_set, self.eval_set = self._load_data()
+        self.trainer = LocalTrainer(
+            self.train_set,
+            model_cfg=cfg.model,
+            feature_cfg=cfg.features,
+            training=cfg.training,
+            privacy=cfg.privacy,
+            seed=cfg.seed,
+            genesis_seed=cfg.network.genesis_seed,
+            checkpoint_path=self.home / "model.ckpt",
+        )
+        _, _, n_feat, n_frames = self.train_set.features.shape
+        genesis = genesis_model(
+            cfg.model, len(self.train_set.label_names), n_feat, n_frames, cfg.network.genesis_seed
+        )
+        genesis_vec = np.concatenate([p.detach().numpy().reshape(-1) for p in genesis.parameters()])
+
+        state_path = self.home / STATE_FILE
+        self.state = NodeState.load(state_path)
+        first_seq = self.state.seq_reserved
+        self.state.seq_reserved = first_seq + SEQ_BLOCK
+        self.state.save(state_path)
+
+        host, port, _ = parse_multiaddr(cfg.network.listen)
+        self.stream = await asyncio_dgram.bind((host, port))
+        bound_port = int(self.stream.sockname[1])
+        self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
+        network_key = None
+        if cfg.network.network_key_file is not None:
+            network_key = read_network_key(resolve(self.home, cfg.network.network_key_file))
+        wire = WireEndpoint(
+            self.identity,
+            cfg.network.network_id,
+            network_key=network_key,
+            mtu=cfg.network.mtu,
+            first_seq=first_seq,
+        )
+        bootstrap = [parse_multiaddr(a)[:2] for a in cfg.network.bootstrap]
+        self.core = NodeCore(
+            self.identity,
+            network_id=cfg.network.network_id,
+            genesis=genesis_vec,
+            schema=bytes.fromhex(self.trainer.schema),
+            gossip=cfg.gossip,
+            rng=random.Random(f"{cfg.seed}:{self.identity.peer_id_str}"),
+            advertised=self.addresses,
+            bootstrap=bootstrap,
+            wire=wire,
+        )
+        self.core.model = self.trainer.get_flat()
+        self.core.round = self.state.round
+        self.core.restore_view(self.state.view)
+        if self.attack is not None and self.attack.kind == "model":
+            self.core.outgoing_hook = self._attack_hook
+
+        from flava_p2p.runtime.api import start_api
+
+        self.api_runner, api_url = await start_api(self, cfg.api.host, cfg.api.port)
+        (self.home / "status.json").write_text(
+            json.dumps(
+                {
+                    "api": api_url,
+                    "pid": os.getpid(),
+                    "peer_id": self.identity.peer_id_str,
+                    "addresses": self.addresses,
+                }
+            )
+        )
+        log.info(
+            "node started",
+            peer_id=self.identity.peer_id_str,
+            addresses=self.addresses,
+            api=api_url,
+            epsilon=self.epsilon(),
+            first_seq=first_seq,
+            attack=self.attack.name if self.attack else None,
+        )
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.core.start(time.time())
+        await self._pump()
+        tasks = [
+            asyncio.create_task(t)
+            for t in (self._recv_loop(), self._timer_loop(), self._save_loop())
+        ]
+        if self.attack is not None and self.attack.kind == "network":
+            tasks.append(asyncio.create_task(self._network_attack_loop()))
+        try:
+            await self._stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the node to shut down (same as SIGTERM)."""
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down; saving checkpoint", round=self.core.round)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.trainer.save)
+        self._save_state()
+        self.stream.close()
+        await self.api_runner.cleanup()
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(OSError):
+            (self.home / "status.json").unlink()
+
+    # ------------------------------------------------------------------ loops
+    async def _recv_loop(self) -> None:
+        # asyncio-dgram's receive queue is unbounded; we bound it ourselves (flood defence).
+        queue: asyncio.Queue[Any] = getattr(self.stream, "_recvq")  # noqa: B009
+        while True:
+            try:
+                data, addr = await self.stream.recv()
+            except (OSError, asyncio_dgram.TransportClosed) as exc:
+                if isinstance(exc, asyncio_dgram.TransportClosed):
+                    return
+                self._count("socket_error")  # e.g. ICMP port unreachable from a dead peer
+                continue
+            host, port = cast(tuple[str, int], addr)[:2]
+            self.core.receive(data, (host, port), time.time())
+            while queue.qsize() > MAX_QUEUED_DATAGRAMS:  # overload: shed load, count it
+                queue.get_nowait()
+                self._count("overload_dropped")
+            await self._pump()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            delay = self.core.next_deadline() - time.time()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 1.0))
+                continue
+            self.core.timer(time.time())
+            await self._pump()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_SAVE_PERIOD_S)
+            self._save_state()
+
+    def _save_state(self) -> None:
+        self.state.round = self.core.round
+        self.state.view = self.core.view_descriptors()
+        self.state.seq_reserved = max(self.state.seq_reserved, self.core.wire.next_seq + 1)
+        self.state.save(self.home / STATE_FILE)
+
+    async def _pump(self) -> None:
+        """Handle core events, then transmit (after persisting any new seqno reservation)."""
+        for ev in self.core.events():
+            if isinstance(ev, TrainRequest):
+                if self._training:
+                    self._count("train_skipped_busy")
+                else:
+                    self._training = True
+                    asyncio.get_running_loop().create_task(self._train(ev.round))
+            elif isinstance(ev, PeerJoined):
+                log.info("peer joined", peer=_short(ev.peer), view=len(self.core.view))
+            elif isinstance(ev, PeerLeft):
+                log.info("peer left", peer=_short(ev.peer), reason=ev.reason)
+            elif isinstance(ev, Graylisted):
+                log.warning("graylisted", who=ev.who)
+        sends = self.core.datagrams_to_send()
+        if self.core.wire.next_seq >= self.state.seq_reserved:
+            self.state.seq_reserved = self.core.wire.next_seq + SEQ_BLOCK
+            self.state.save(self.home / STATE_FILE)  # before any datagram of the new block
+        for send in sends:
+            await self._send(send.addr, send.datagram)
+
+    async def _send(self, addr: tuple[str, int], datagram: bytes) -> None:
+        try:
+            await self.stream.send(datagram, addr)
+        except OSError:
+            self._count("send_error")
+        if self.attack is not None and self.attack.name == "replay":
+            self._sent_log = [*self._sent_log[-63:], (addr, datagram)]
+
+    # ------------------------------------------------------------------ training
+    async def _train(self, round_: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.trainer.set_flat(self.core.model)
+            report = await loop.run_in_executor(
+                self._executor, self.trainer.train, self.cfg.training.local_steps
+            )
+            self.last_train = {
+                "round": round_,
+                "steps": report.steps,
+                "loss": report.loss,
+                "seconds": round(report.seconds, 3),
+                "budget": report.budget,
+            }
+            led = self.trainer.ledger
+            dp = DpInfo(led.epsilon, led.delta) if led else DpInfo(None, None)
+            self.core.local_update(self.trainer.get_flat(), self.trainer.n_train, dp, time.time())
+            if self.eval_set is not None and round_ % EVAL_EVERY_ROUNDS == 0:
+                metrics = await loop.run_in_executor(
+                    self._executor, self.trainer.evaluate, self.eval_set
+                )
+                self.accuracy = {**metrics, "round": round_, "n": len(self.eval_set)}
+                log.info(
+                    "evaluated",
+                    round=round_,
+                    accuracy=round(metrics["accuracy"], 4),
+                    epsilon=self.epsilon(),
+                    peers=len(self.core.view),
+                )
+        except Exception:  # a training failure must not kill networking; it is logged
+            log.exception("training failed")
+            self._count("train_failed")
+        finally:
+            self._training = False
+        await self._pump()
+
+    def epsilon(self) -> float | None:
+        """Example-level ε spent so far (None without DP)."""
+        led = self.trainer.ledger
+        return led.epsilon if led else None
+
+    # ------------------------------------------------------------------ attacks
+    def _attack_hook(self, core: NodeCore, peer: bytes, model: Vec) -> Vec | None:
+        assert self.attack is not None
+        ctx = AttackContext(
+            own=model,
+            genesis=core.genesis,
+            received=list(core.last_inputs.values()),
+            recipient=peer,
+            recipient_model=core.last_inputs.get(peer),
+            rng=np.random.default_rng(),
+            n_honest=max(1, len(core.view)),
+            n_byzantine=1,
+        )
+        return apply_model_attack(self.attack, ctx)
+
+    async def _network_attack_loop(self) -> None:
+        assert self.attack is not None
+        rng = np.random.default_rng()
+        rate = self.attack.params.get("rate", 0.0 if self.attack.name == "flood" else 20.0)
+        while True:
+            targets = [a for p in self.core.view.peers() if (a := self.core.address_of(p))]
+            if not targets:
+                await asyncio.sleep(0.5)
+                continue
+            for _ in range(100 if rate <= 0 else 1):
+                addr = targets[int(rng.integers(len(targets)))]
+                if self.attack.name == "replay" and self._sent_log:
+                    old = self._sent_log[int(rng.integers(len(self._sent_log)))]
+                    await self._send(old[0], old[1])
+                elif self.attack.name != "replay":
+                    await self._send(addr, rng.bytes(int(rng.integers(1, 1200))))
+                self._count("attack_datagrams")
+            await asyncio.sleep(0 if rate <= 0 else 1.0 / rate)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def read_network_key(path: Path) -> bytes:
+    """A 32-byte network key file (raw bytes or 64 hex characters)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise FlavaError(f"{path}: cannot read network key ({exc}).") from None
+    text = raw.strip()
+    if len(text) == 64:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(text.decode())
+    if len(raw) == 32:
+        return raw
+    raise FlavaError(f"{path}: a network key is 32 raw bytes or 64 hex characters.")
+
+
+def torch_tensor(a: np.ndarray) -> Any:
+    """numpy → torch without importing torch at module import time."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _short(peer: bytes) -> str:
+    from flava_p2p.identity import peer_id_to_str
+
+    return peer_id_to_str(peer)[-8:]
