@@ -29,8 +29,13 @@ def configure_logging(fmt: LogFormat = "console", level: LogLevel = "info") -> N
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Look sys.stderr up per logger, not once: it may be replaced (pytest, daemons).
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # Libraries using stdlib logging (opacus, aiohttp) follow the same level, on stderr.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+
+
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
