@@ -119,7 +119,7 @@ def _register_centralized(sub: Any) -> None:
         epilog=(
             "examples:\n"
             "  flava-sim centralized --data data/synth --json\n"
-            "  flava-sim centralized --data data/synth --dp-epsilon 8 --batch-size 256 --lr 1.0\n"
+            "  flava-sim centralized --data data/synth --dp-epsilon 8\n"
             "  flava-sim centralized --data ../shared/data/fsdd_sc --holdout-speakers 0.34"
         ),
     )
@@ -153,7 +153,8 @@ def _register_centralized(sub: Any) -> None:
         default=1.0,
         help="DP per-example clipping bound C (default 1.0)",
     )
-    cen.add_argument("--width", type=int, default=64, help="model channels (default 64)")
+    cen.add_argument("--width", type=int, default=None,
+                     help="model channels (default 64 non-private, 32 with DP: less noise)")
     cen.add_argument(
         "--accountant",
         choices=["rdp", "prv"],
@@ -192,7 +193,8 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     dp = args.dp_epsilon is not None
-    epochs = args.epochs or (40 if dp else 30)
+    # Defaults from the sweep in docs/benchmarks.md: DP wants large batches, fewer parameters.
+    epochs = args.epochs or (60 if dp else 30)
     with progress_bar() as bar:
         task = bar.add_task("training", total=epochs, info="")
 
@@ -205,10 +207,10 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             dp_epsilon=args.dp_epsilon,
             delta=args.delta,
             epochs=epochs,
-            batch_size=args.batch_size or (256 if dp else 64),
-            lr=args.lr or (1.0 if dp else 0.1),
+            batch_size=args.batch_size or (512 if dp else 64),
+            lr=args.lr or (4.0 if dp else 0.1),
             max_grad_norm=args.max_grad_norm,
-            width=args.width,
+            width=args.width or (32 if dp else 64),
             holdout_speakers=args.holdout_speakers,
             accountant=args.accountant,
             seed=args.seed,

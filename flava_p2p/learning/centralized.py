@@ -39,7 +39,8 @@ def run_centralized(
 ) -> dict[str, Any]:
     """Train and evaluate once; returns the JSON-ready result dict.
 
-    ``holdout_speakers`` is used only when the corpus has no validation/testing list files.
+    ``holdout_speakers`` is used only when the corpus has no validation/testing list files; then
+    all held-out speakers are the test set. With list files, the testing list is.
     The learning rate follows a cosine decay to 0 over the run. SpecAugment defaults to on
     without DP and off with it (DP-SGD already underfits; masking adds more noise than it helps).
     """
@@ -48,8 +49,9 @@ def run_centralized(
     scan = scan_corpus(data, holdout_speakers=holdout_speakers, seed=seed)
     fs = load_features(scan, feature_cfg)
     train, test = fs.split("train"), fs.split("test")
-    if len(test) == 0:
-        test = fs.split("validation")
+    if not scan.has_lists or len(test) == 0:
+        # Held out by --holdout-speakers: evaluate on every held-out speaker.
+        test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
     if len(test) == 0:
         raise FlavaError(
             f"{data}: no held-out speakers; add validation/testing list files or pass "
