@@ -153,8 +153,12 @@ def _register_centralized(sub: Any) -> None:
         default=1.0,
         help="DP per-example clipping bound C (default 1.0)",
     )
-    cen.add_argument("--width", type=int, default=None,
-                     help="model channels (default 64 non-private, 32 with DP: less noise)")
+    cen.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="model channels (default 64 non-private, 32 with DP: less noise)",
+    )
     cen.add_argument(
         "--accountant",
         choices=["rdp", "prv"],

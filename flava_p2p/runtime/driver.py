@@ -218,6 +218,7 @@ class NodeRunner:
     async def _recv_loop(self) -> None:
         # asyncio-dgram's receive queue is unbounded; we bound it ourselves (flood defence).
         queue: asyncio.Queue[Any] = getattr(self.stream, "_recvq")  # noqa: B009
+        handled = 0
         while True:
             try:
                 data, addr = await self.stream.recv()
@@ -232,6 +233,11 @@ class NodeRunner:
                 queue.get_nowait()
                 self._count("overload_dropped")
             await self._pump()
+            handled += 1
+            if handled % 64 == 0:
+                # queue.get() does not suspend while datagrams are waiting: yield so a flood
+                # cannot starve timers, training callbacks or the status API.
+                await asyncio.sleep(0)
 
     async def _timer_loop(self) -> None:
         while True:
