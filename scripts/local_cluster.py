@@ -129,6 +129,16 @@ class Cluster:
         (self.homes[i] / "status.json").unlink(missing_ok=True)
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
 
+    def start_all(self, attacks: dict[int, str] | None = None, timeout: float = 300.0) -> None:
+        """Start node 0, then everyone else bootstrapping from it; wait until all serve /status."""
+        attacks = attacks or {}
+        self.start(0, attack=attacks.get(0))
+        self.wait_ready(0, timeout)
+        for i in range(1, len(self.homes)):
+            self.start(i, attack=attacks.get(i))
+        for i in range(len(self.homes)):
+            self.wait_ready(i, timeout)
+
     def wait_ready(self, i: int, timeout: float = 120.0) -> dict[str, Any]:
         """Block until node i serves /status."""
         deadline = time.time() + timeout
@@ -190,12 +200,7 @@ def main() -> int:
     homes = prepare(Path(args.corpus), Path(args.root), args.nodes)
     cluster = Cluster(homes)
     try:
-        cluster.start(0)
-        cluster.wait_ready(0)
-        for i in range(1, args.nodes):
-            cluster.start(i)
-        for i in range(args.nodes):
-            cluster.wait_ready(i)
+        cluster.start_all()
         time.sleep(args.seconds)
         out = []
         for i in range(args.nodes):

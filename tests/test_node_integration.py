@@ -56,13 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         overrides={"privacy": {"target_epsilon": 200.0}, "training": {"lr": 0.5}},
     )
     c = lc.Cluster(homes)
-    c.start(0)
-    c.wait_ready(0)
-    for i in range(1, N):
-        c.start(i)
-    for i in range(N):
-        c.wait_ready(i)
     try:
+        c.start_all()
         yield c
     finally:
         c.stop_all()
