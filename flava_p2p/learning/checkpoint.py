@@ -1,8 +1,9 @@
 """Model + privacy-ledger checkpoints: msgpack with raw tensor bytes, written atomically.
 
-Never pickle and never ``torch.load``: a checkpoint may be copied between devices, so reading
-one must not be able to run code. Writes go to a temp file, are fsynced, then renamed over the
-old file (and the directory fsynced), so a crash leaves either the old or the new checkpoint.
+Never unpickled, never read with torch's loader: a checkpoint may be copied between devices,
+so reading one must not be able to run code. Writes go to a temp file, are fsynced, then
+renamed over the old file (and the directory fsynced), so a crash leaves either the old or the
+new checkpoint.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def _cache_key(scan: ScanResult, cfg: FeatureConfig) -> str:
 
 
 def _write_cache(path: Path, fs: FeatureSet, root: Path) -> None:
-    """Atomic write; plain numeric and unicode arrays only, so reading needs no pickle."""
+    """Atomic write; plain numeric and unicode arrays only, so reading needs no unpickling."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")

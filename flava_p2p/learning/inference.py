@@ -45,7 +45,7 @@ class KeywordSpotter:
         if missing:
             raise FlavaError(f"{checkpoint}: checkpoint lacks weights {sorted(missing)[:3]}.")
         self.model.load_state_dict(state, strict=False)
-        self.model.eval()
+        self.model.train(False)  # inference mode
 
     @torch.no_grad()
     def predict_waves(self, waves: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:

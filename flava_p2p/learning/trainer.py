@@ -227,7 +227,7 @@ class LocalTrainer:
     @torch.no_grad()
     def evaluate(self, fs: FeatureSet, batch: int = 512) -> dict[str, float]:
         """Accuracy and macro-F1 on ``fs``."""
-        self.model.eval()
+        self.model.train(False)  # inference mode
         preds = [self.model(fs.features[i : i + batch]).argmax(1) for i in range(0, len(fs), batch)]
         pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
         return classification_report(fs.labels.numpy(), pred, len(self.label_names))

@@ -1,4 +1,4 @@
-"""Safe tensor codec: flat float32 vectors and named tensors ↔ bytes. No pickle, ever.
+"""Safe tensor codec: flat float32 vectors and named tensors ↔ bytes. Never unpickles anything.
 
 Every encoded tensor carries its encoding, dtype and shape explicitly; the decoder checks the
 declared sizes against hard caps and the actual byte counts *before* allocating anything, and
