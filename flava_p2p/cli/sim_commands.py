@@ -198,7 +198,7 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     dp = args.dp_epsilon is not None
     # Defaults from the sweep in docs/benchmarks.md: DP wants large batches, fewer parameters.
-    epochs = args.epochs or (60 if dp else 30)
+    epochs = args.epochs or (100 if dp else 30)
     with progress_bar() as bar:
         task = bar.add_task("training", total=epochs, info="")
 
