@@ -133,19 +133,19 @@ def _register_centralized(sub: Any) -> None:
     )
     cen.add_argument("--delta", type=float, default=1e-5, help="DP δ (default 1e-5)")
     cen.add_argument(
-        "--epochs", type=int, default=None, help="epochs (default 30 non-private, 40 with DP)"
+        "--epochs", type=int, default=None, help="epochs (default 30 non-private, 100 with DP)"
     )
     cen.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="(expected) batch size (default 64 non-private, 256 with DP)",
+        help="(expected) batch size (default 64 non-private, 512 with DP)",
     )
     cen.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate, cosine-decayed (default 0.1, 1.0 with DP)",
+        help="peak learning rate, cosine-decayed (default 0.1, 4.0 with DP)",
     )
     cen.add_argument(
         "--max-grad-norm",
