@@ -170,6 +170,11 @@ class PrivacyConfig(_Strict):
     planned_steps: int = Field(default=2000, ge=1)
     """σ is chosen once so that ``planned_steps`` DP-SGD steps spend exactly the target ε."""
     accountant: Accountant = "rdp"
+    message_noise_multiplier: float | None = Field(default=None, gt=0)
+    """z for optional message-level noise: each outgoing delta is clipped to ``message_clip``
+    and gets N(0, z²C²); node-level (ε, δ) accounted separately over all releases. None: off."""
+    message_clip: float = Field(default=5.0, gt=0)
+    """C, the L2 bound on an outgoing delta when message noise is on."""
 
     @field_validator("target_epsilon")
     @classmethod

@@ -205,4 +205,5 @@ def test_tiny_networks_work(n: int) -> None:
     net = build(n)
     net.run_until(10.0)
     assert all(isinstance(e, PeerJoined) for _, _, e in net.events if isinstance(e, PeerJoined))
-    assert all(len(node.view) == n - 1 for node in net.nodes)
+    for node in net.nodes:  # a Cyclon initiator drops the responder until it answers
+        assert len(set(node.view.peers()) | set(node._pending_shuffle)) == n - 1

@@ -296,6 +296,12 @@ def _print_status(s: dict[str, object]) -> None:
     console.print(f"[bold]{s['peer_id']}[/bold]  round {s['round']}  up {s['uptime_s']} s")
     console.print(f"addresses: {', '.join(s['addresses'])}")  # type: ignore[arg-type]
     console.print(f"privacy: {eps}; budget: {privacy['budget']}")
+    msg = privacy.get("message_level")
+    if isinstance(msg, dict):
+        console.print(
+            f"message-level: ε = {msg['epsilon']:.4f} (δ = {msg['delta']:g}, unit: node),"
+            f" {msg['releases']} releases, z = {msg['noise_multiplier']}, C = {msg['clip']}"
+        )
     console.print(f"local accuracy: {acc_text}   bytes in/out: {s['bytes_in']}/{s['bytes_out']}")
     table = Table("peer", "address", "state", "score", "rtt ms")
     for p in s["peers"]:  # type: ignore[attr-defined]

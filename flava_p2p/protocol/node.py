@@ -18,7 +18,7 @@ import hashlib
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ from flava_p2p.identity import (
     peer_id_from_str,
     verify_key_from_peer_id,
 )
+from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.scores import PeerScores
 from flava_p2p.protocol.view import PeerSamplingView
@@ -139,6 +140,8 @@ class NodeCore:
         bootstrap: list[Addr] | None = None,
         wire: WireEndpoint | None = None,
         scores: PeerScores | None = None,
+        message_noise: MessageNoise | None = None,
+        noise_rng: np.random.Generator | None = None,
     ) -> None:
         self.identity = identity
         self.cfg = gossip
@@ -158,6 +161,11 @@ class NodeCore:
         self.advertised = list(advertised or [])
         self.bootstrap = list(bootstrap or [])
         self.outgoing_hook: OutgoingHook | None = None
+        self.message_noise = message_noise
+        # Drawn from ``rng`` only when message noise is on, so enabling nothing else changes runs.
+        self._noise_rng = noise_rng
+        if message_noise is not None and noise_rng is None:
+            self._noise_rng = np.random.default_rng(rng.getrandbits(64))
         self.counters: dict[str, int] = {}
         self._addr_of: dict[bytes, Addr] = {}
         self._inbox: dict[bytes, _Received] = {}
@@ -271,8 +279,20 @@ class NodeCore:
     def send_model(self, peer: bytes, model: Vec, now: float) -> None:
         """Seal ``model − genesis`` as a DELTA to ``peer``."""
         delta = np.asarray(model, dtype=np.float32) - self.genesis
+        dp = self.dp
+        if self.message_noise is not None:  # every release is counted before it leaves
+            mn = self.message_noise
+            assert self._noise_rng is not None
+            delta = mn.release(delta, self._noise_rng)
+            dp = replace(
+                dp,
+                message_noise_multiplier=mn.noise_multiplier,
+                message_clip=mn.clip,
+                message_epsilon=mn.epsilon(),
+                message_delta=mn.delta,
+            )
         vec = encode_vector(delta, self.cfg.compression)
-        msg = Delta(self.schema, self.genesis_hash, self.round, self.sample_count, vec, self.dp)
+        msg = Delta(self.schema, self.genesis_hash, self.round, self.sample_count, vec, dp)
         for d in self.wire.seal(peer, msg, now, round=self.round, schema=self.schema):
             self._sends.append(Send(self._addr_of[peer], d))
         self._count("deltas_sent")

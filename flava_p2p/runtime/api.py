@@ -42,6 +42,19 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
             "noise_multiplier": led.noise_multiplier,
             "accountant": led.accountant,
         }
+    mn = core.message_noise
+    privacy["message_level"] = (
+        None
+        if mn is None
+        else {
+            "unit": "node (all of its data)",
+            "epsilon": mn.epsilon(),
+            "delta": mn.delta,
+            "releases": mn.releases,
+            "noise_multiplier": mn.noise_multiplier,
+            "clip": mn.clip,
+        }
+    )
     return {
         "peer_id": node.identity.peer_id_str,
         "addresses": node.addresses,

@@ -34,6 +34,7 @@ from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
 from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
+from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, PeerLeft, TrainRequest, Vec
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
@@ -128,31 +129,7 @@ class NodeRunner:
         self.stream = await asyncio_dgram.bind((host, port))
         bound_port = int(self.stream.sockname[1])
         self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
-        network_key = None
-        if cfg.network.network_key_file is not None:
-            network_key = read_network_key(resolve(self.home, cfg.network.network_key_file))
-        wire = WireEndpoint(
-            self.identity,
-            cfg.network.network_id,
-            network_key=network_key,
-            mtu=cfg.network.mtu,
-            first_seq=first_seq,
-        )
-        bootstrap = [parse_multiaddr(a)[:2] for a in cfg.network.bootstrap]
-        self.core = NodeCore(
-            self.identity,
-            network_id=cfg.network.network_id,
-            genesis=genesis_vec,
-            schema=bytes.fromhex(self.trainer.schema),
-            gossip=cfg.gossip,
-            rng=random.Random(f"{cfg.seed}:{self.identity.peer_id_str}"),
-            advertised=self.addresses,
-            bootstrap=bootstrap,
-            wire=wire,
-        )
-        self.core.model = self.trainer.get_flat()
-        self.core.round = self.state.round
-        self.core.restore_view(self.state.view)
+        self.core = self._build_core(genesis_vec, first_seq)
         if self.attack is not None and self.attack.kind == "model":
             self.core.outgoing_hook = self._attack_hook
 
@@ -198,6 +175,45 @@ class NodeRunner:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._shutdown()
+
+    def _build_core(self, genesis_vec: Vec, first_seq: int) -> NodeCore:
+        """The sans-I/O core with this node's wire, keys, resumed model, round and view."""
+        cfg = self.cfg
+        network_key = None
+        if cfg.network.network_key_file is not None:
+            network_key = read_network_key(resolve(self.home, cfg.network.network_key_file))
+        wire = WireEndpoint(
+            self.identity,
+            cfg.network.network_id,
+            network_key=network_key,
+            mtu=cfg.network.mtu,
+            first_seq=first_seq,
+        )
+        message_noise = None
+        if cfg.privacy.message_noise_multiplier is not None:
+            message_noise = MessageNoise(
+                cfg.privacy.message_clip,
+                cfg.privacy.message_noise_multiplier,
+                cfg.privacy.delta,
+                self.state.message_releases,
+            )
+        core = NodeCore(
+            self.identity,
+            network_id=cfg.network.network_id,
+            genesis=genesis_vec,
+            schema=bytes.fromhex(self.trainer.schema),
+            gossip=cfg.gossip,
+            rng=random.Random(f"{cfg.seed}:{self.identity.peer_id_str}"),
+            advertised=self.addresses,
+            bootstrap=[parse_multiaddr(a)[:2] for a in cfg.network.bootstrap],
+            wire=wire,
+            message_noise=message_noise,
+            noise_rng=np.random.default_rng(),  # OS entropy: never a seed a peer could learn
+        )
+        core.model = self.trainer.get_flat()
+        core.round = self.state.round
+        core.restore_view(self.state.view)
+        return core
 
     def stop(self) -> None:
         """Ask the node to shut down (same as SIGTERM)."""
@@ -275,9 +291,16 @@ class NodeRunner:
             elif isinstance(ev, Graylisted):
                 log.warning("graylisted", who=ev.who)
         sends = self.core.datagrams_to_send()
-        if self.core.wire.next_seq >= self.state.seq_reserved:
-            self.state.seq_reserved = self.core.wire.next_seq + SEQ_BLOCK
-            self.state.save(self.home / STATE_FILE)  # before any datagram of the new block
+        mn = self.core.message_noise
+        new_releases = mn is not None and mn.releases != self.state.message_releases
+        if self.core.wire.next_seq >= self.state.seq_reserved or new_releases:
+            self.state.seq_reserved = max(
+                self.state.seq_reserved, self.core.wire.next_seq + SEQ_BLOCK
+            )
+            if mn is not None:
+                self.state.message_releases = mn.releases
+            # Before any datagram of a new seqno block or any new noised release leaves.
+            self.state.save(self.home / STATE_FILE)
         for send in sends:
             await self._send(send.addr, send.datagram)
 

@@ -28,6 +28,8 @@ class NodeState:
     seq_reserved: int = 0
     round: int = 0
     view: list[PeerDescriptor] = field(default_factory=list)
+    message_releases: int = 0
+    """Message-level noise releases so far (node-level ε is computed from it)."""
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -36,6 +38,7 @@ class NodeState:
             "seq_reserved": self.seq_reserved,
             "round": self.round,
             "view": [d.to_wire() for d in self.view],
+            "message_releases": self.message_releases,
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
         return packed
@@ -48,7 +51,8 @@ class NodeState:
         try:
             doc = msgpack.unpackb(path.read_bytes()[: 1 << 20], raw=False)
             view = [PeerDescriptor.from_wire(v) for v in doc["view"]]
-            return cls(int(doc["seq_reserved"]), int(doc["round"]), view)
+            releases = int(doc.get("message_releases", 0))
+            return cls(int(doc["seq_reserved"]), int(doc["round"]), view, releases)
         except (ValueError, KeyError, TypeError, MessageError, msgpack.ExtraData) as exc:
             raise ValueError(f"{path}: node state is corrupt ({exc})") from None
 
