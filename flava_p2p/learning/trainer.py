@@ -133,6 +133,8 @@ class LocalTrainer:
         self.criterion = nn.CrossEntropyLoss()
         if self.checkpoint_path and self.checkpoint_path.exists():
             self._restore(self.checkpoint_path)
+        elif self.checkpoint_path:
+            self.save()  # from the start there is always a loadable checkpoint (ε = 0)
 
     # ----------------------------------------------------------------- training
     def train(self, k_steps: int) -> TrainReport:
