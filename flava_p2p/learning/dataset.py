@@ -174,13 +174,12 @@ def load_features(
     batch: int = 256,
 ) -> FeatureSet:
     """Decode and featurise every utterance, reusing a cache keyed on files + feature settings."""
-    label_index = {name: i for i, name in enumerate(scan.labels)}
     key = _cache_key(scan, cfg)
     cache = Path(cache_dir) if cache_dir else scan.root / ".flava_cache"
     cache_file = cache / f"features-{key}.npz"
     if cache_file.is_file():
         try:
-            return _read_cache(cache_file, scan, label_index)
+            return _read_cache(cache_file, scan)
         except (OSError, ValueError, KeyError) as exc:
             log.warning(
                 "feature cache unreadable; rebuilding", file=str(cache_file), error=str(exc)
@@ -210,15 +209,7 @@ def load_features(
         torch.cat(feats) if feats else torch.zeros((0, 1, extractor.n_features, extractor.n_frames))
     )
     assert features.shape[-1] == extractor.n_frames or n_samples == 0
-    fs = FeatureSet(
-        features=features.contiguous(),
-        labels=torch.tensor([label_index[u.label] for u in kept], dtype=torch.int64),
-        speakers=[u.speaker for u in kept],
-        splits=[u.split for u in kept],
-        paths=[str(u.path) for u in kept],
-        label_names=scan.labels,
-        skipped=skipped,
-    )
+    fs = _feature_set(features.contiguous(), kept, scan, skipped)
     _write_cache(cache_file, fs, scan.root)
     return fs
 
@@ -249,7 +240,7 @@ def _write_cache(path: Path, fs: FeatureSet, root: Path) -> None:
         log.warning("could not write feature cache", file=str(path), error=str(exc))
 
 
-def _read_cache(path: Path, scan: ScanResult, label_index: dict[str, int]) -> FeatureSet:
+def _read_cache(path: Path, scan: ScanResult) -> FeatureSet:
     with np.load(path, allow_pickle=False) as data:
         rel = [str(p) for p in data["paths"]]
         features = torch.from_numpy(np.array(data["features"], dtype=np.float32))
@@ -259,6 +250,14 @@ def _read_cache(path: Path, scan: ScanResult, label_index: dict[str, int]) -> Fe
     skipped = {str(scan.root / r): "unreadable (cached decision)" for r in skipped_rel}
     if skipped:
         log.warning("skipped unreadable audio files", count=len(skipped), root=str(scan.root))
+    return _feature_set(features, kept, scan, skipped)
+
+
+def _feature_set(
+    features: torch.Tensor, kept: list[Utterance], scan: ScanResult, skipped: dict[str, str]
+) -> FeatureSet:
+    """Features (decoded or cached) plus the metadata of the utterances they belong to."""
+    label_index = {name: i for i, name in enumerate(scan.labels)}
     return FeatureSet(
         features=features,
         labels=torch.tensor([label_index[u.label] for u in kept], dtype=torch.int64),
