@@ -160,6 +160,14 @@ def _register_centralized(sub: Any) -> None:
         help="model channels (default 64 non-private, 32 with DP: less noise)",
     )
     cen.add_argument(
+        "--augment-multiplicity",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K time-shifted copies per example per step; under DP their gradients are "
+        "averaged before clipping, at no privacy cost (default 1 = off)",
+    )
+    cen.add_argument(
         "--accountant",
         choices=["rdp", "prv"],
         default="rdp",
@@ -217,6 +225,7 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             width=args.width or (32 if dp else 64),
             holdout_speakers=args.holdout_speakers,
             accountant=args.accountant,
+            augment_multiplicity=args.augment_multiplicity,
             seed=args.seed,
             checkpoint=args.save,
             progress=on_progress,

@@ -32,6 +32,7 @@ def run_centralized(
     holdout_speakers: float = 0.3,
     accountant: str = "rdp",
     spec_augment: bool | None = None,
+    augment_multiplicity: int = 1,
     features: FeatureConfig | None = None,
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -76,6 +77,7 @@ def run_centralized(
             batch_size=batch_size,
             lr=lr,
             spec_augment=(dp_epsilon is None) if spec_augment is None else spec_augment,
+            augment_multiplicity=augment_multiplicity,
         ),
         privacy=privacy,
         seed=seed,
@@ -111,6 +113,7 @@ def run_centralized(
         "batch_size": batch_size,
         "lr": lr,
         "max_grad_norm": max_grad_norm if trainer.ledger else None,
+        "augment_multiplicity": augment_multiplicity,
         "seed": seed,
         "seconds": time.perf_counter() - start,
     }

@@ -74,3 +74,21 @@ def spec_augment(
         mask = ((freq_idx >= f0) & (freq_idx < f0 + fw)) | ((time_idx >= t0) & (time_idx < t0 + tw))
         out = out.masked_fill(mask.unsqueeze(1), 0.0)
     return out
+
+
+def time_shift(
+    feats: torch.Tensor, generator: torch.Generator, max_shift: int = 10
+) -> torch.Tensor:
+    """Shift each example by a random number of frames in [-max_shift, max_shift], zero-filled.
+
+    Features are per-clip normalised to mean 0, so the zero fill looks like average energy
+    rather than an artificial silence edge.
+    """
+    b, _, _, n_time = feats.shape
+    if b == 0 or max_shift == 0:
+        return feats
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 1, 1, 1), generator=generator)
+    src = torch.arange(n_time).view(1, 1, 1, n_time) - shifts
+    valid = (src >= 0) & (src < n_time)
+    gathered = feats.gather(3, src.clamp(0, n_time - 1).expand_as(feats))
+    return gathered.masked_fill(~valid, 0.0)

@@ -27,7 +27,7 @@ from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, Training
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from flava_p2p.learning.dataset import FeatureSet
-from flava_p2p.learning.features import spec_augment
+from flava_p2p.learning.features import spec_augment, time_shift
 from flava_p2p.learning.ledger import BudgetState, PrivacyLedger
 from flava_p2p.learning.metrics import classification_report
 from flava_p2p.learning.models import build_model, schema_hash
@@ -158,14 +158,16 @@ class LocalTrainer:
         total_loss, examples = 0.0, 0
         for _ in range(k):
             x, y = self._next_batch()
-            if self.training.spec_augment and len(x):
-                x = spec_augment(x, self._aug_gen)
+            n = len(x)
+            x, y = self._augment(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            if len(x):
+            if n:
                 loss = self.criterion(self._trainable(x), y)
                 loss.backward()
-                total_loss += float(loss.detach()) * len(x)
-                examples += len(x)
+                if self.ledger is not None and self.training.augment_multiplicity > 1:
+                    self._average_multiplicity(n)
+                total_loss += float(loss.detach()) * n
+                examples += n
             else:
                 self._zero_sample_grads()
             self.optimizer.step()
@@ -184,6 +186,34 @@ class LocalTrainer:
             self._batches = iter(self.loader)
             x, y = next(self._batches)
         return x, y
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply augmentation; with multiplicity K, return K augmented copies of each example.
+
+        Copies are interleaved (example 0's K copies first) so that the per-sample gradients can
+        be folded back to one per example with a reshape.
+        """
+        if len(x) == 0:
+            return x, y
+        k = self.training.augment_multiplicity
+        if k > 1:
+            x = time_shift(x.repeat_interleave(k, dim=0), self._aug_gen)
+            y = y.repeat_interleave(k)
+        if self.training.spec_augment:
+            x = spec_augment(x, self._aug_gen)
+        return x, y
+
+    def _average_multiplicity(self, n: int) -> None:
+        """Fold the K copies' per-sample gradients into one per example, before clipping.
+
+        Each example still contributes one clipped gradient, so sensitivity and the accountant
+        are exactly as without multiplicity.
+        """
+        k = self.training.augment_multiplicity
+        for p in self.model.parameters():
+            gs = getattr(p, "grad_sample", None)
+            if gs is not None:
+                p.grad_sample = gs.view(n, k, *gs.shape[1:]).mean(1)  # type: ignore[attr-defined]
 
     def _zero_sample_grads(self) -> None:
         """An empty Poisson batch still gets a noise-only step, as the accounting assumes."""

@@ -1,9 +1,13 @@
 """In-memory datagram network on a virtual clock, driving real :class:`NodeCore` instances.
 
-Like trio's FakeNet: no sockets, a seeded RNG decides latency and loss, and time jumps straight
-to the next event, so a run is fast and reproducible bit for bit. Training is delegated to a
-``learner`` callback so the same network serves protocol tests (toy learners) and the
-simulator (real DP-SGD learners).
+Like trio's FakeNet: no sockets, a seeded RNG decides what every link does, and time jumps
+straight to the next event, so a run is fast and reproducible bit for bit. Training is delegated
+to a ``learner`` callback so the same network serves protocol tests (toy learners) and the
+simulator (real DP-SGD learners). What a link does to each datagram is a :class:`LinkBehaviour`:
+:class:`LinkModel` here (latency + independent loss), ``sim.netmodel`` for the full model.
+
+Scaling: node timers live in a heap with lazy invalidation (a node's entry is re-pushed whenever
+it is touched and stale entries are skipped), so one event costs O(log N), not O(N).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +30,14 @@ Vec = npt.NDArray[np.float32]
 Learner = Callable[[int, Vec], tuple[Vec, int, DpInfo]]
 
 
+class LinkBehaviour(Protocol):
+    """Decides the fate of one datagram: the delays after which copies arrive (empty: lost)."""
+
+    def transmit(
+        self, src: int, dst: int, nbytes: int, now: float, rng: random.Random
+    ) -> list[float]: ...
+
+
 @dataclass
 class LinkModel:
     """Per-datagram latency (uniform in [lo, hi] seconds) and independent loss."""
@@ -32,27 +45,45 @@ class LinkModel:
     latency: tuple[float, float] = (0.005, 0.03)
     loss: float = 0.0
 
+    def transmit(
+        self, src: int, dst: int, nbytes: int, now: float, rng: random.Random
+    ) -> list[float]:
+        """One copy after a uniform delay, or none with probability ``loss``."""
+        if rng.random() < self.loss:
+            return []
+        return [rng.uniform(*self.latency)]
+
 
 @dataclass
 class VirtualNetwork:
-    """Nodes at addresses ``10.0.0.<i>:7000`` exchanging datagrams through a priority queue."""
+    """Nodes at addresses ``10.0.x.y:7000`` exchanging datagrams through a priority queue."""
 
-    link: LinkModel = field(default_factory=LinkModel)
+    link: LinkBehaviour = field(default_factory=LinkModel)
     seed: int = 0
     nodes: list[NodeCore] = field(default_factory=list)
     learner: Learner | None = None
     now: float = 0.0
     down: set[int] = field(default_factory=set)
-    """Indices of crashed/partitioned nodes: they neither send nor receive."""
+    """Indices of crashed nodes: they neither send nor receive nor run timers."""
     delivered: int = 0
     dropped: int = 0
     events: list[tuple[float, int, Event]] = field(default_factory=list)
+    record_events: bool = True
+    """Keep every node event in :attr:`events` (turn off for very large runs)."""
+    on_event: Callable[[int, Event], None] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self._queue: list[tuple[float, int, str, int, tuple[Addr, bytes]]] = []
+        self._queue: list[tuple[float, int, int, object]] = []
+        self._timers: list[tuple[float, int, int]] = []
+        self._scheduled: list[float] = []
         self._tie = itertools.count()
+        self.bytes_sent: list[int] = []
+        self.bytes_received: list[int] = []
+        self.last_sent: list[tuple[int, bytes] | None] = []
+        """Each node's most recent outgoing (destination, datagram), for replay faults."""
 
+    # ------------------------------------------------------------------ addressing
     @staticmethod
     def address(i: int) -> Addr:
         """The virtual address of node ``i``."""
@@ -65,61 +96,100 @@ class VirtualNetwork:
             return -1
         return int(parts[2]) * 250 + int(parts[3]) - 1
 
+    # ------------------------------------------------------------------ lifecycle
     def add(self, node: NodeCore) -> int:
         """Register a node (its index decides its address); returns the index."""
         self.nodes.append(node)
+        self._scheduled.append(float("nan"))
+        self.bytes_sent.append(0)
+        self.bytes_received.append(0)
+        self.last_sent.append(None)
         return len(self.nodes) - 1
 
     def start(self) -> None:
-        """Start every node at the current time."""
+        """Start every node that is up at the current time."""
         for i, node in enumerate(self.nodes):
+            if i not in self.down:
+                node.start(self.now)
+                self._after(i)
+
+    def set_node(self, i: int, node: NodeCore) -> None:
+        """Replace node ``i`` (a restart after churn); it starts now unless it is down."""
+        self.nodes[i] = node
+        self._scheduled[i] = float("nan")
+        if i not in self.down:
             node.start(self.now)
             self._after(i)
 
+    def set_down(self, i: int, down: bool) -> None:
+        """Crash (``True``) or revive node ``i``; a revived node's timers resume."""
+        if down:
+            self.down.add(i)
+        elif i in self.down:
+            self.down.discard(i)
+            self._scheduled[i] = float("nan")
+            self._after(i)
+
+    # ------------------------------------------------------------------ scheduling
     def inject(self, addr: Addr, dst: int, datagram: bytes, delay: float = 0.0) -> None:
         """Deliver a raw datagram from ``addr`` to node ``dst`` (faults, attackers)."""
-        heapq.heappush(
-            self._queue, (self.now + delay, next(self._tie), "rx", dst, (addr, datagram))
-        )
+        self._push(self.now + delay, dst, (addr, datagram))
+
+    def call_at(self, t: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at virtual time ``t`` (churn, fault injection, measurements)."""
+        self._push(t, -1, fn)
+
+    def _push(self, t: float, dst: int, payload: object) -> None:
+        heapq.heappush(self._queue, (t, next(self._tie), dst, payload))
 
     def run_until(self, t_end: float) -> None:
-        """Process events until virtual time ``t_end``."""
+        """Process events until virtual time ``t_end``; datagrams before timers on ties."""
         while True:
-            timer_i, timer_t = self._earliest_timer()
+            timer_t = self._next_timer()
             queue_t = self._queue[0][0] if self._queue else float("inf")
             t = min(timer_t, queue_t)
             if t > t_end:
                 break
             self.now = t
             if queue_t <= timer_t:
-                _, _, _, dst, payload = heapq.heappop(self._queue)
+                _, _, dst, payload = heapq.heappop(self._queue)
+                if dst < 0:
+                    payload()  # type: ignore[operator]
+                    continue
                 if dst in self.down:
                     self.dropped += 1
                     continue
-                addr, datagram = payload
+                addr: Addr
+                datagram: bytes
+                addr, datagram = payload  # type: ignore[misc]
+                self.bytes_received[dst] += len(datagram)
                 self.nodes[dst].receive(datagram, addr, t)
                 self.delivered += 1
                 self._after(dst)
             else:
-                self.nodes[timer_i].timer(t)
-                self._after(timer_i)
+                _, _, i = heapq.heappop(self._timers)
+                self._scheduled[i] = float("nan")
+                self.nodes[i].timer(t)
+                self._after(i)
         self.now = t_end
 
-    def _earliest_timer(self) -> tuple[int, float]:
-        best_i, best_t = -1, float("inf")
-        for i, node in enumerate(self.nodes):
-            if i in self.down:
-                continue
-            t = node.next_deadline()
-            if t < best_t:
-                best_i, best_t = i, t
-        return best_i, best_t
+    def _next_timer(self) -> float:
+        """Earliest valid timer, discarding stale heap entries."""
+        while self._timers:
+            t, _, i = self._timers[0]
+            if i not in self.down and self._scheduled[i] == t:
+                return t
+            heapq.heappop(self._timers)
+        return float("inf")
 
     def _after(self, i: int) -> None:
-        """Route node i's outputs: datagrams into the queue, training requests to the learner."""
+        """Route node i's outputs: training requests to the learner, datagrams into links."""
         node = self.nodes[i]
         for ev in node.events():
-            self.events.append((self.now, i, ev))
+            if self.record_events:
+                self.events.append((self.now, i, ev))
+            if self.on_event is not None:
+                self.on_event(i, ev)
             if isinstance(ev, TrainRequest):
                 model = node.model
                 if self.learner is not None:
@@ -129,15 +199,23 @@ class VirtualNetwork:
                 node.local_update(trained, samples, dp, self.now)
         src = self.address(i)
         for send in node.datagrams_to_send():
-            dst = self.index_of(send.addr)
-            if (
-                i in self.down
-                or not 0 <= dst < len(self.nodes)
-                or self.rng.random() < self.link.loss
-            ):
-                self.dropped += 1
-                continue
-            delay = self.rng.uniform(*self.link.latency)
-            heapq.heappush(
-                self._queue, (self.now + delay, next(self._tie), "rx", dst, (src, send.datagram))
-            )
+            self.send_from(i, src, send.addr, send.datagram)
+        if i not in self.down:
+            deadline = node.next_deadline()
+            if deadline != self._scheduled[i]:
+                self._scheduled[i] = deadline
+                heapq.heappush(self._timers, (deadline, next(self._tie), i))
+
+    def send_from(self, i: int, src: Addr, dst_addr: Addr, datagram: bytes) -> None:
+        """Put one datagram from node ``i`` on the link to ``dst_addr``."""
+        dst = self.index_of(dst_addr)
+        if i in self.down or not 0 <= dst < len(self.nodes):
+            self.dropped += 1
+            return
+        self.bytes_sent[i] += len(datagram)
+        self.last_sent[i] = (dst, datagram)
+        delays = self.link.transmit(i, dst, len(datagram), self.now, self.rng)
+        if not delays:
+            self.dropped += 1
+        for delay in delays:
+            self._push(self.now + delay, dst, (src, datagram))

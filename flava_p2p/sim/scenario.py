@@ -1,0 +1,246 @@
+"""Simulation scenarios: one YAML file says everything a run depends on (plus ``--seed``).
+
+Validated like node configs (frozen pydantic models, unknown keys refused with the allowed
+list). Every field has a default, so the smallest scenario is ``name: x``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from flava_p2p.config import (
+    FeatureConfig,
+    GossipConfig,
+    TrainingConfig,
+    _Strict,
+    load_config,
+)
+
+Distribution = Literal["constant", "uniform", "exponential", "lognormal", "normal", "weibull"]
+
+
+class Dist(_Strict):
+    """A random duration in seconds. ``mean`` (and ``sd``/``low``/``high``/``shape`` as needed).
+
+    constant: always ``mean``; uniform: in [low, high]; exponential: rate 1/mean; lognormal and
+    normal: given mean and sd (normal truncated at 0); weibull: given mean and shape k.
+    """
+
+    dist: Distribution = "constant"
+    mean: float = Field(default=0.0, ge=0)
+    sd: float = Field(default=0.0, ge=0)
+    low: float = Field(default=0.0, ge=0)
+    high: float = Field(default=0.0, ge=0)
+    shape: float = Field(default=1.0, gt=0)
+
+
+class BurstLoss(_Strict):
+    """Gilbert–Elliott bursty loss per directed link: a good and a bad state."""
+
+    p_good_to_bad: float = Field(default=0.0, ge=0, le=1)
+    p_bad_to_good: float = Field(default=0.3, gt=0, le=1)
+    loss_in_bad: float = Field(default=0.5, ge=0, le=1)
+
+
+class Partition(_Strict):
+    """Between ``at`` and ``heal`` (virtual seconds) the nodes are cut into groups.
+
+    ``groups`` lists node indices per group (nodes not listed form one more group), or
+    ``fraction`` puts that seeded random share of the nodes on one side.
+    """
+
+    at: float = Field(ge=0)
+    heal: float = Field(gt=0)
+    groups: list[list[int]] | None = None
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Partition:
+        if self.heal <= self.at:
+            raise ValueError("heal must be after at")
+        if (self.groups is None) == (self.fraction is None):
+            raise ValueError("give exactly one of groups or fraction")
+        return self
+
+
+class Churn(_Strict):
+    """Nodes leave and come back: alternating online sessions and offline periods.
+
+    ``trace`` is a CSV file of ``node,down_at,up_at`` rows (seconds) instead of distributions.
+    A node that comes back restarts its protocol state but keeps its model, ledger and
+    identity, like a real node resuming from its checkpoint.
+    """
+
+    fraction: float = Field(default=0.0, ge=0, le=1)
+    """Share of honest nodes that churn (seeded choice); the rest stay up."""
+    session: Dist = Field(default_factory=lambda: Dist(dist="exponential", mean=120.0))
+    downtime: Dist = Field(default_factory=lambda: Dist(dist="exponential", mean=30.0))
+    trace: str | None = None
+
+
+class NetworkModel(_Strict):
+    """Per-datagram link behaviour between every pair of nodes."""
+
+    latency: Dist = Field(default_factory=lambda: Dist(dist="uniform", low=0.005, high=0.05))
+    bandwidth_bps: float | None = Field(default=None, gt=0)
+    """Uplink of every node in bits/s: datagrams queue behind each other (None: unlimited)."""
+    loss: float = Field(default=0.0, ge=0, le=1)
+    """Independent loss probability per datagram."""
+    burst: BurstLoss | None = None
+    duplicate: float = Field(default=0.0, ge=0, le=1)
+    reorder: float = Field(default=0.0, ge=0, le=1)
+    """Probability a datagram is held back by an extra ``reorder_delay``."""
+    reorder_delay: Dist = Field(default_factory=lambda: Dist(dist="uniform", low=0.05, high=0.3))
+    partitions: list[Partition] = Field(default_factory=list)
+    churn: Churn = Field(default_factory=Churn)
+
+
+TopologyKind = Literal[
+    "complete",
+    "ring",
+    "regular",
+    "erdos_renyi",
+    "watts_strogatz",
+    "barabasi_albert",
+    "dynamic",
+    "discovered",
+]
+
+
+class Topology(_Strict):
+    """Who may talk to whom.
+
+    Static graphs (networkx) pin each node's view to its neighbours and send every round to all
+    of them (decentralizepy-style). ``dynamic`` is Epidemic Learning: everyone knows everyone and
+    sends to ``gossip.fanout`` fresh random peers each round. ``discovered`` gives every node
+    only node 0 as bootstrap and leaves the rest to peer sampling, exactly as real nodes do.
+    """
+
+    kind: TopologyKind = "dynamic"
+    degree: int = Field(default=4, ge=1)
+    """k for ``regular`` and ``watts_strogatz``."""
+    p: float = Field(default=0.2, ge=0, le=1)
+    """Edge probability (erdos_renyi) or rewiring probability (watts_strogatz)."""
+    m: int = Field(default=2, ge=1)
+    """Edges per new node for ``barabasi_albert``."""
+
+
+class DataSpec(_Strict):
+    """Where node data comes from (real learner)."""
+
+    corpus: str = "data/synth"
+    """Speech Commands layout; generated with the synthetic corpus defaults if missing."""
+    partition: Literal["speaker", "iid", "dirichlet"] = "speaker"
+    alpha: float = Field(default=0.5, gt=0)
+    """Dirichlet concentration for ``partition: dirichlet``."""
+    cache_dir: str | None = ".cache/features"
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+
+
+class LearnerSpec(_Strict):
+    """Local learning. ``real``: the DS-CNN keyword model with Opacus DP-SGD (the node's own
+    trainer, unchanged). ``synthetic``: softmax regression on Gaussian blobs with the same
+    DP-SGD recipe in numpy, for protocol-scale runs. ``none``: models never change (protocol
+    only: view, liveness, wire, crypto)."""
+
+    kind: Literal["real", "synthetic", "none"] = "real"
+    width: int = Field(default=32, ge=8, le=512)
+    training: TrainingConfig = Field(
+        default_factory=lambda: TrainingConfig(
+            batch_size=32, lr=0.5, momentum=0.9, local_steps=5, spec_augment=False
+        )
+    )
+    threads: int = Field(default=2, ge=1, le=64)
+    """torch threads for the whole simulation process."""
+    synthetic_dim: int = Field(default=32, ge=2)
+    synthetic_classes: int = Field(default=10, ge=2)
+    synthetic_samples: int = Field(default=64, ge=1)
+    """Examples per node for the synthetic learner."""
+
+
+class PrivacySpec(_Strict):
+    """Example-level DP-SGD on every node. ``epsilon: null`` turns DP off."""
+
+    epsilon: float | None = Field(default=8.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
+class ByzantineSpec(_Strict):
+    """Which nodes misbehave and how (any ``attacks/`` spec, e.g. ``alie:z=1.5``)."""
+
+    count: int = Field(default=0, ge=0)
+    fraction: float | None = Field(default=None, ge=0, lt=1)
+    """Overrides ``count``: this share of the nodes (rounded)."""
+    nodes: list[int] | None = None
+    """Explicit indices; overrides both."""
+    attack: str = "alie"
+
+
+FaultKind = Literal["forged", "replay", "malformed", "flood"]
+_DEFAULT_FAULTS: tuple[FaultKind, ...] = ("forged", "replay", "malformed")
+
+
+class ProtocolFaults(_Strict):
+    """Datagram-level faults injected by ``count`` extra rogue hosts, each at ``rate``/s."""
+
+    count: int = Field(default=0, ge=0)
+    kinds: list[FaultKind] = Field(default_factory=lambda: list(_DEFAULT_FAULTS))
+    rate: float = Field(default=2.0, gt=0)
+    """Datagrams per second per rogue host (``flood`` multiplies it by 50)."""
+
+
+class MetricsSpec(_Strict):
+    """What is measured and how often (virtual seconds)."""
+
+    every_s: float | None = Field(default=None, gt=0)
+    """Default: one gossip period."""
+    eval_examples: int | None = Field(default=None, ge=1)
+    """Cap on held-out examples per evaluation (None: all)."""
+    plots: bool = True
+
+
+class Scenario(_Strict):
+    """One simulation: nodes, data, learning, privacy, network, faults and measurements."""
+
+    name: str = "scenario"
+    seed: int = 0
+    nodes: int = Field(default=16, ge=2)
+    rounds: int = Field(default=20, ge=1)
+    """Run for ``rounds`` gossip periods of virtual time."""
+    gossip: GossipConfig = Field(
+        default_factory=lambda: GossipConfig(period_s=10.0, fanout=2, view_size=16)
+    )
+    topology: Topology = Field(default_factory=Topology)
+    data: DataSpec = Field(default_factory=DataSpec)
+    learner: LearnerSpec = Field(default_factory=LearnerSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    network: NetworkModel = Field(default_factory=NetworkModel)
+    byzantine: ByzantineSpec = Field(default_factory=ByzantineSpec)
+    faults: ProtocolFaults = Field(default_factory=ProtocolFaults)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        byz = self.byzantine
+        if byz.nodes is not None and any(not 0 <= i < self.nodes for i in byz.nodes):
+            raise ValueError(f"byzantine.nodes must be node indices in [0, {self.nodes})")
+        return self
+
+    def byzantine_nodes(self) -> list[int]:
+        """Indices of the Byzantine nodes (the last ones, unless listed)."""
+        byz = self.byzantine
+        if byz.nodes is not None:
+            return sorted(set(byz.nodes))
+        count = round(byz.fraction * self.nodes) if byz.fraction is not None else byz.count
+        count = min(count, self.nodes - 1)
+        return list(range(self.nodes - count, self.nodes))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML (errors name the field and what is allowed)."""
+    return load_config(path, Scenario)
