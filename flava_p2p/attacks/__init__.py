@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from flava_p2p.errors import FlavaError
+
+if TYPE_CHECKING:
+    from flava_p2p.protocol.node import NodeCore
 
 Vec = npt.NDArray[np.float32]
 
@@ -180,6 +183,31 @@ def apply_model_attack(spec: AttackSpec, ctx: AttackContext) -> Vec | None:
     """What the attacker sends to ``ctx.recipient`` under ``spec``."""
     out = MODEL_ATTACKS[spec.name](ctx, spec.params)
     return None if out is None else np.asarray(out, dtype=np.float32)
+
+
+def make_attack_hook(
+    spec: AttackSpec, rng: np.random.Generator, n_byzantine: int = 1, n_honest: int | None = None
+) -> Callable[[NodeCore, bytes, Vec], Vec | None]:
+    """A :attr:`NodeCore.outgoing_hook` that replaces what the node sends with ``spec``'s choice.
+
+    The attacker trains honestly; what it *sends* is decided per recipient from its own model,
+    the genesis model and what it heard last round. ``n_honest`` defaults to the view size.
+    """
+
+    def hook(core: NodeCore, peer: bytes, model: Vec) -> Vec | None:
+        ctx = AttackContext(
+            own=model,
+            genesis=core.genesis,
+            received=list(core.last_inputs.values()),
+            recipient=peer,
+            recipient_model=core.last_inputs.get(peer),
+            rng=rng,
+            n_honest=n_honest if n_honest is not None else max(1, len(core.view)),
+            n_byzantine=n_byzantine,
+        )
+        return apply_model_attack(spec, ctx)
+
+    return hook
 
 
 def flip_labels(labels: npt.NDArray[np.int64], n_classes: int) -> npt.NDArray[np.int64]:

@@ -19,6 +19,9 @@ examples:
   flava-sim dataset synth --out data/synth            voice a Speech Commands-style corpus
   flava-sim centralized --data data/synth --json      non-private centralized baseline
   flava-sim centralized --data data/synth --dp-epsilon 8
+  flava-sim run configs/sim_demo.yaml                 16 DP nodes, 2 Byzantine, plots
+  flava-sim sweep simulations/privacy_sweep.yaml      ε ∈ {1, 3, 8, ∞} on both cores
+  flava-sim report runs/a runs/b --out runs/cmp       compare finished runs
 """
 
 

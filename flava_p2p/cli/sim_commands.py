@@ -14,8 +14,11 @@ from flava_p2p.cli.progress import progress_bar
 
 def register(sub: Any) -> None:
     """Add every ``flava-sim`` subcommand to the subparsers action ``sub``."""
+    from flava_p2p.cli import sim_run
+
     _register_dataset(sub)
     _register_centralized(sub)
+    sim_run.register(sub)
 
 
 def _register_dataset(sub: Any) -> None:

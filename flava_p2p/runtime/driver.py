@@ -24,12 +24,7 @@ import asyncio_dgram
 import numpy as np
 import structlog
 
-from flava_p2p.attacks import (
-    AttackContext,
-    AttackSpec,
-    apply_model_attack,
-    flip_labels,
-)
+from flava_p2p.attacks import AttackSpec, flip_labels, make_attack_hook
 from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
@@ -131,7 +126,7 @@ class NodeRunner:
         self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
         self.core = self._build_core(genesis_vec, first_seq)
         if self.attack is not None and self.attack.kind == "model":
-            self.core.outgoing_hook = self._attack_hook
+            self.core.outgoing_hook = make_attack_hook(self.attack, np.random.default_rng())
 
         from flava_p2p.runtime.api import start_api
 
@@ -355,20 +350,6 @@ class NodeRunner:
         return led.epsilon if led else None
 
     # ------------------------------------------------------------------ attacks
-    def _attack_hook(self, core: NodeCore, peer: bytes, model: Vec) -> Vec | None:
-        assert self.attack is not None
-        ctx = AttackContext(
-            own=model,
-            genesis=core.genesis,
-            received=list(core.last_inputs.values()),
-            recipient=peer,
-            recipient_model=core.last_inputs.get(peer),
-            rng=np.random.default_rng(),
-            n_honest=max(1, len(core.view)),
-            n_byzantine=1,
-        )
-        return apply_model_attack(self.attack, ctx)
-
     async def _network_attack_loop(self) -> None:
         assert self.attack is not None
         rng = np.random.default_rng()

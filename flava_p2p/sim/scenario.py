@@ -179,6 +179,7 @@ class ByzantineSpec(_Strict):
     nodes: list[int] | None = None
     """Explicit indices; overrides both."""
     attack: str = "alie"
+    """``none`` runs the same scenario without Byzantine nodes (the attack-free baseline)."""
 
 
 FaultKind = Literal["forged", "replay", "malformed", "flood"]
@@ -229,11 +230,20 @@ class Scenario(_Strict):
         byz = self.byzantine
         if byz.nodes is not None and any(not 0 <= i < self.nodes for i in byz.nodes):
             raise ValueError(f"byzantine.nodes must be node indices in [0, {self.nodes})")
+        if byz.attack != "none":
+            from flava_p2p.attacks import AttackError, parse_attack
+
+            try:
+                parse_attack(byz.attack)
+            except AttackError as exc:
+                raise ValueError(f"byzantine.attack: {exc}") from None
         return self
 
     def byzantine_nodes(self) -> list[int]:
         """Indices of the Byzantine nodes (the last ones, unless listed)."""
         byz = self.byzantine
+        if byz.attack == "none":
+            return []
         if byz.nodes is not None:
             return sorted(set(byz.nodes))
         count = round(byz.fraction * self.nodes) if byz.fraction is not None else byz.count

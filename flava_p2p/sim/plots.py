@@ -1,0 +1,78 @@
+"""PNG plots of simulation results (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_accuracy(runs: Sequence[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Honest mean (solid) and worst (dashed) held-out accuracy over virtual time, per run."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, records in runs:
+        t = [r["t"] for r in records if r.get("honest_mean_acc") is not None]
+        mean = [r["honest_mean_acc"] for r in records if r.get("honest_mean_acc") is not None]
+        worst = [r["honest_worst_acc"] for r in records if r.get("honest_mean_acc") is not None]
+        (line,) = ax.plot(t, mean, label=f"{label} (mean)")
+        ax.plot(t, worst, linestyle="--", color=line.get_color(), alpha=0.7)
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel("held-out accuracy (honest nodes)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="solid: mean, dashed: worst", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path) -> Path:
+    """Final honest accuracy (mean and worst) against the example-level ε target (∞ = no DP)."""
+    finite = sorted((e, m, w) for e, m, w in points if e is not None)
+    inf = [(m, w) for e, m, w in points if e is None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if finite:
+        ax.plot([p[0] for p in finite], [p[1] for p in finite], "o-", label="mean")
+        ax.plot([p[0] for p in finite], [p[2] for p in finite], "s--", label="worst")
+    for m, w in inf:
+        ax.axhline(m, color="grey", linestyle=":", label=f"no DP (mean {m:.2f})")
+        ax.axhline(w, color="grey", linestyle="-.", alpha=0.5, label=f"no DP (worst {w:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("example-level ε (δ = 1e-5), log scale")
+    ax.set_ylabel("final held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap(
+    rows: Sequence[str], cols: Sequence[str], values: dict[tuple[str, str], float], path: Path
+) -> Path:
+    """Attack (rows) × defence (columns) heatmap of worst honest accuracy."""
+    import numpy as np
+
+    grid = np.array([[values.get((r, c), np.nan) for c in cols] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2, 0.6 * len(rows) + 1.8))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for (r, c), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k")
+    ax.set_xlabel("defence (aggregation)")
+    ax.set_ylabel("attack")
+    fig.colorbar(im, ax=ax, label="worst honest accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
