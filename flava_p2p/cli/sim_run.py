@@ -209,7 +209,7 @@ def _print_report(report: dict[str, Any]) -> None:
         "wall_seconds",
     ]
     for c in cols:
-        t.add_column(c.replace("_", " "))
+        t.add_column(c.replace("_", " "), overflow="fold")
     for r in report["runs"]:
         t.add_row(*[_fmt(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols])
     Console().print(t)
