@@ -72,15 +72,16 @@ def label_flippers(sc: Scenario) -> set[int]:
 
 
 # ----------------------------------------------------------------------------- real
-def ensure_corpus(root: str | Path, seed: int) -> Path:
-    """The corpus at ``root``; generated with the synthetic defaults on first use."""
+def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 5) -> Path:
+    """The corpus at ``root``; voiced with espeak-ng on first use (a corpus without its
+    ``corpus.json`` summary was interrupted and is regenerated)."""
     path = Path(root)
-    if path.is_dir() and any(path.iterdir()):
+    if (path / "corpus.json").is_file():
         return path
     from flava_p2p.learning.synth import synthesize_corpus
 
-    log.info("generating the synthetic corpus (first use)", out=str(path))
-    synthesize_corpus(path, seed=seed)
+    log.info("generating the synthetic corpus (first use)", out=str(path), takes=takes)
+    synthesize_corpus(path, n_speakers=speakers, takes=takes, seed=seed)
     return path
 
 
@@ -94,7 +95,7 @@ class RealLearners:
         from flava_p2p.learning.trainer import LocalTrainer
 
         torch.set_num_threads(sc.learner.threads)
-        root = ensure_corpus(sc.data.corpus, seed)
+        root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
         fs = load_features(scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir)
         train = fs.split("train")
         test = fs.split("test") if len(fs.split("test")) else fs.split("validation")

@@ -132,7 +132,10 @@ class DataSpec(_Strict):
     """Where node data comes from (real learner)."""
 
     corpus: str = "data/synth"
-    """Speech Commands layout; generated with the synthetic corpus defaults if missing."""
+    """Speech Commands layout; voiced with espeak-ng on first use if missing (see synth_*)."""
+    synth_speakers: int = Field(default=60, ge=2)
+    synth_takes: int = Field(default=5, ge=1)
+    """Takes per speaker and word when the corpus has to be generated."""
     partition: Literal["speaker", "iid", "dirichlet"] = "speaker"
     alpha: float = Field(default=0.5, gt=0)
     """Dirichlet concentration for ``partition: dirichlet``."""
