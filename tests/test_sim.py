@@ -78,6 +78,19 @@ class TestDeterminism:
         assert 0 < s1["privacy"]["epsilon_max"] <= 8.0 + 1e-6
         assert s1["final"]["honest_mean_acc"] is not None
 
+    def test_parallel_workers_change_nothing(self, tiny_corpus: Path, tmp_path: Path) -> None:
+        """Training in 2 worker processes gives the same bytes as training in-process."""
+        common = {
+            "nodes": 4,
+            "rounds": 3,
+            "data": {"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
+        }
+        learner = {"kind": "real", "width": 8, "threads": 1, "train_seconds": 1.0}
+        run_scenario(scenario(**common, learner={**learner, "workers": 1}), tmp_path / "a")
+        run_scenario(scenario(**common, learner={**learner, "workers": 2}), tmp_path / "b")
+        a = (tmp_path / "a" / "metrics.jsonl").read_bytes()
+        assert a == (tmp_path / "b" / "metrics.jsonl").read_bytes()
+
 
 class TestNetworkModel:
     def test_partition_cuts_then_heals(self) -> None:

@@ -10,7 +10,7 @@ numpy, for protocol-scale runs. ``StaticLearners`` never change the model (proto
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,28 @@ class Learners(Protocol):
         """Example-level ε node ``i`` has spent (None: not private)."""
         ...
 
+    def train_many(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Several nodes' bursts at once."""
+        ...
+
+    def close(self) -> None:
+        """Release worker processes, if any."""
+        ...
+
+
+class _OneByOne:
+    """``train_many`` as a loop over ``train``, for learners that are cheap per node."""
+
+    def train(self, i: int, model: Vec) -> tuple[Vec, int, DpInfo]:
+        raise NotImplementedError
+
+    def train_many(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Run the bursts one after the other."""
+        return {i: self.train(i, model) for i, model in jobs}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 def _privacy(sc: Scenario, steps: int) -> PrivacyConfig:
     p = sc.privacy
@@ -60,7 +82,9 @@ def _privacy(sc: Scenario, steps: int) -> PrivacyConfig:
 
 
 def planned_steps(sc: Scenario) -> int:
-    """DP steps a node plans for: one burst of ``local_steps`` per gossip round."""
+    """DP steps a node plans for: one burst of ``local_steps`` per gossip round by default."""
+    if sc.privacy.planned_steps is not None:
+        return sc.privacy.planned_steps
     return sc.rounds * sc.learner.training.local_steps
 
 
@@ -86,9 +110,15 @@ def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 
 
 
 class RealLearners:
-    """Every node trains the DS-CNN keyword model on its own speakers with its own trainer."""
+    """Every node trains the DS-CNN keyword model on its own speakers with its own trainer.
 
-    def __init__(self, sc: Scenario, seed: int) -> None:
+    With ``learner.workers > 1`` the trainers live in that many worker processes (node i in
+    worker i mod W, for its whole life: ledger, optimiser state and noise RNG stay put), and
+    :meth:`train_many` runs a batch of bursts on all of them at once. Results do not depend on
+    the number of workers: each trainer only ever sees its own inputs.
+    """
+
+    def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
         import torch
 
         from flava_p2p.learning.dataset import load_features, scan_corpus
@@ -98,7 +128,10 @@ class RealLearners:
         root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
         fs = load_features(scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir)
         train = fs.split("train")
-        test = fs.split("test") if len(fs.split("test")) else fs.split("validation")
+        if sc.data.eval_split == "heldout":
+            test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
+        else:
+            test = fs.split("test") if len(fs.split("test")) else fs.split("validation")
         if len(test) == 0:
             raise FlavaError(
                 f"{root}: no held-out speakers (testing_list.txt/validation_list.txt); the "
@@ -113,48 +146,158 @@ class RealLearners:
         flippers = label_flippers(sc)
         model_cfg = ModelConfig(width=sc.learner.width)
         privacy = _privacy(sc, planned_steps(sc))
-        self.trainers: list[LocalTrainer] = []
-        for i, part in enumerate(parts):
-            local = train.subset(part)
+        workers = sc.learner.workers if own is None else 1
+        if own is None:
+            own = list(range(len(parts))) if workers == 1 else [0]  # node 0: genesis/schema
+        self.trainers: dict[int, LocalTrainer] = {}
+        for i in own:
+            local = train.subset(parts[i])
             if i in flippers:
                 local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
-            self.trainers.append(
-                LocalTrainer(
-                    local,
-                    model_cfg=model_cfg,
-                    feature_cfg=sc.data.features,
-                    training=sc.learner.training,
-                    privacy=privacy,
-                    seed=seed * 100_003 + i,
-                    genesis_seed=seed,
-                    noise_seed=seed * 100_003 + i,  # reproducible runs; a real node uses OS entropy
-                )
+            self.trainers[i] = LocalTrainer(
+                local,
+                model_cfg=model_cfg,
+                feature_cfg=sc.data.features,
+                training=sc.learner.training,
+                privacy=privacy,
+                seed=seed * 100_003 + i,
+                genesis_seed=seed,
+                noise_seed=seed * 100_003 + i,  # reproducible runs; a real node uses OS entropy
             )
-        self.genesis = self.trainers[0].get_flat()
-        self.schema = bytes.fromhex(self.trainers[0].schema)
+        first = self.trainers[own[0]]
+        self.genesis = first.get_flat()
+        self.schema = bytes.fromhex(first.schema)
         self._steps = sc.learner.training.local_steps
-        self._eval = _Evaluator(self.trainers[0].model)
+        self._eval = _Evaluator(first.model)
+        self._eps: dict[int, float | None] = {}
+        self._pool = _WorkerPool(sc, seed, len(parts), workers) if workers > 1 else None
 
     def train(self, i: int, model: Vec) -> tuple[Vec, int, DpInfo]:
         """K DP-SGD steps of node ``i``'s own trainer, from the merged model."""
-        t = self.trainers[i]
-        t.set_flat(model)
-        report = t.train(self._steps)
-        return t.get_flat(), t.n_train, DpInfo(report.epsilon, report.delta)
+        return self.train_many([(i, model)])[i]
+
+    def train_many(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Several nodes' bursts (in parallel when there are worker processes)."""
+        if self._pool is not None:
+            out = self._pool.run(jobs)
+        else:
+            out = {}
+            for i, model in jobs:
+                t = self.trainers[i]
+                t.set_flat(model)
+                report = t.train(self._steps)
+                out[i] = (t.get_flat(), t.n_train, DpInfo(report.epsilon, report.delta))
+        for i, (_, _, dp) in out.items():
+            self._eps[i] = dp.example_epsilon
+        return out
 
     def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:
         """Held-out accuracy of every given model."""
         if not models:
             return {}
+        if self._pool is not None:
+            return self._pool.evaluate(models)
         return {
             k: float((self._eval.predict(models[k], self.test_x) == self.test_y).mean())
             for k in sorted(models)
         }
 
     def epsilon(self, i: int) -> float | None:
-        """The node ledger's ε (example-level)."""
-        led = self.trainers[i].ledger
-        return led.epsilon if led else None
+        """ε of the node's ledger after its last burst (example-level); 0 before any."""
+        if i in self._eps:
+            return self._eps[i]
+        return 0.0 if self.trainers[next(iter(self.trainers))].ledger else None
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.close()
+
+
+class _WorkerPool:
+    """W spawned processes, each owning the trainers of nodes i ≡ w (mod W)."""
+
+    def __init__(self, sc: Scenario, seed: int, n_nodes: int, workers: int) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+        self.workers = workers
+        self.conns = []
+        self.procs = []
+        payload = sc.model_dump_json()
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            own = list(range(w, n_nodes, workers))
+            proc = ctx.Process(target=_worker_main, args=(child, payload, seed, own), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            msg = conn.recv()
+            if isinstance(msg, BaseException):
+                raise FlavaError(f"simulator training worker failed to start: {msg}")
+
+    def run(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Scatter jobs to their owners, gather every result."""
+        per: list[list[tuple[int, Vec]]] = [[] for _ in range(self.workers)]
+        for i, model in jobs:
+            per[i % self.workers].append((i, model))
+        for conn, batch in zip(self.conns, per, strict=True):
+            if batch:
+                conn.send(("train", batch))
+        out: dict[int, tuple[Vec, int, DpInfo]] = {}
+        for conn, batch in zip(self.conns, per, strict=True):
+            if batch:
+                res = conn.recv()
+                if isinstance(res, BaseException):
+                    raise FlavaError(f"simulator training worker failed: {res}")
+                for i, vec, n, eps, delta in res:
+                    out[i] = (vec, n, DpInfo(eps, delta))
+        return out
+
+    def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:
+        """Split the models over the workers; each evaluates its share."""
+        keys = sorted(models)
+        shares = [keys[w :: self.workers] for w in range(self.workers)]
+        for conn, share in zip(self.conns, shares, strict=True):
+            conn.send(("eval", {k: models[k] for k in share}))
+        out: dict[int, float] = {}
+        for conn in self.conns:
+            res = conn.recv()
+            if isinstance(res, BaseException):
+                raise FlavaError(f"simulator evaluation worker failed: {res}")
+            out.update(res)
+        return dict(sorted(out.items()))
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=10)
+
+
+def _worker_main(conn: Any, payload: str, seed: int, own: list[int]) -> None:
+    """Worker process: build the owned trainers, then train batches until told to stop."""
+    try:
+        sc = Scenario.model_validate_json(payload)
+        sc = sc.model_copy(update={"learner": sc.learner.model_copy(update={"threads": 1})})
+        learners = RealLearners(sc, seed, own=own)
+        conn.send("ready")
+    except Exception as exc:  # reported to the parent, which raises a clear error
+        conn.send(exc)
+        return
+    while (msg := conn.recv()) is not None:
+        kind, body = msg
+        try:
+            if kind == "eval":
+                conn.send(learners.evaluate(body))
+                continue
+            res = learners.train_many(body)
+            conn.send(
+                [(i, v, n, dp.example_epsilon, dp.example_delta) for i, (v, n, dp) in res.items()]
+            )
+        except Exception as exc:
+            conn.send(exc)
 
 
 class _Evaluator:
@@ -210,7 +353,7 @@ def _partition(
 
 
 # ----------------------------------------------------------------------------- synthetic
-class SyntheticLearners:
+class SyntheticLearners(_OneByOne):
     """Softmax regression on Gaussian blobs, DP-SGD in numpy; thousands of nodes per second."""
 
     def __init__(self, sc: Scenario, seed: int) -> None:
@@ -304,7 +447,7 @@ class SyntheticLearners:
         return {k: float(a) for k, a in zip(keys, acc, strict=True)}
 
 
-class StaticLearners:
+class StaticLearners(_OneByOne):
     """No learning: the model never changes (protocol-only runs measure the protocol)."""
 
     n_classes = 0

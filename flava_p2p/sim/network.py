@@ -17,6 +17,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,9 @@ from flava_p2p.wire.messages import DpInfo
 Vec = npt.NDArray[np.float32]
 #: learner(node_index, model_after_merge) -> (trained model, sample count, dp info)
 Learner = Callable[[int, Vec], tuple[Vec, int, DpInfo]]
+TrainResult = tuple[Vec, int, DpInfo]
+#: batch_learner([(node_index, model), ...]) -> {node_index: result}
+BatchLearner = Callable[[list[tuple[int, Vec]]], dict[int, TrainResult]]
 
 
 class LinkBehaviour(Protocol):
@@ -71,6 +75,12 @@ class VirtualNetwork:
     record_events: bool = True
     """Keep every node event in :attr:`events` (turn off for very large runs)."""
     on_event: Callable[[int, Event], None] | None = None
+    train_delay: float = 0.0
+    """Virtual seconds a training burst takes. 0: the learner runs inside the TrainRequest
+    event. > 0: the node adopts the result ``train_delay`` later, and every burst requested
+    before then is handed to ``batch_learner`` together, so they can run in parallel — their
+    inputs were all fixed when they were requested."""
+    batch_learner: BatchLearner | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -82,6 +92,9 @@ class VirtualNetwork:
         self.bytes_received: list[int] = []
         self.last_sent: list[tuple[int, bytes] | None] = []
         """Each node's most recent outgoing (destination, datagram), for replay faults."""
+        self._generation: list[int] = []
+        self._pending: dict[int, tuple[int, Vec]] = {}  # node → (generation, input model)
+        self._results: dict[int, TrainResult] = {}
 
     # ------------------------------------------------------------------ addressing
     @staticmethod
@@ -104,6 +117,7 @@ class VirtualNetwork:
         self.bytes_sent.append(0)
         self.bytes_received.append(0)
         self.last_sent.append(None)
+        self._generation.append(0)
         return len(self.nodes) - 1
 
     def start(self) -> None:
@@ -117,6 +131,7 @@ class VirtualNetwork:
         """Replace node ``i`` (a restart after churn); it starts now unless it is down."""
         self.nodes[i] = node
         self._scheduled[i] = float("nan")
+        self._generation[i] += 1  # a burst started by the previous incarnation is void
         if i not in self.down:
             node.start(self.now)
             self._after(i)
@@ -191,11 +206,13 @@ class VirtualNetwork:
             if self.on_event is not None:
                 self.on_event(i, ev)
             if isinstance(ev, TrainRequest):
-                model = node.model
-                if self.learner is not None:
-                    trained, samples, dp = self.learner(i, model)
-                else:
-                    trained, samples, dp = model, 1, DpInfo(None, None)
+                if self.train_delay > 0:
+                    if i in self._pending:
+                        continue  # still busy with the previous burst: this round skips it
+                    self._pending[i] = (self._generation[i], node.model.copy())
+                    self.call_at(self.now + self.train_delay, partial(self._train_done, i))
+                    continue
+                trained, samples, dp = self._train_now(i, node.model)
                 node.local_update(trained, samples, dp, self.now)
         src = self.address(i)
         for send in node.datagrams_to_send():
@@ -205,6 +222,27 @@ class VirtualNetwork:
             if deadline != self._scheduled[i]:
                 self._scheduled[i] = deadline
                 heapq.heappush(self._timers, (deadline, next(self._tie), i))
+
+    def _train_now(self, i: int, model: Vec) -> TrainResult:
+        if self.learner is not None:
+            return self.learner(i, model)
+        return model, 1, DpInfo(None, None)
+
+    def _train_done(self, i: int) -> None:
+        """Node i's burst finishes now; run every burst requested so far that has no result."""
+        gen, _ = self._pending[i]
+        if i not in self._results:
+            jobs = [(j, m) for j, (_, m) in sorted(self._pending.items()) if j not in self._results]
+            if self.batch_learner is not None:
+                self._results.update(self.batch_learner(jobs))
+            else:
+                self._results.update({j: self._train_now(j, m) for j, m in jobs})
+        del self._pending[i]
+        trained, samples, dp = self._results.pop(i)
+        if i in self.down or gen != self._generation[i]:
+            return  # crashed or restarted mid-burst: the result is lost (the ε is not)
+        self.nodes[i].local_update(trained, samples, dp, self.now)
+        self._after(i)
 
     def send_from(self, i: int, src: Addr, dst_addr: Addr, datagram: bytes) -> None:
         """Put one datagram from node ``i`` on the link to ``dst_addr``."""

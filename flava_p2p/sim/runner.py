@@ -72,6 +72,8 @@ class Simulation:
             learner=self._train,
             record_events=False,
             on_event=self._on_event,
+            train_delay=sc.learner.train_seconds,
+            batch_learner=self.learners.train_many,
         )
         self.identities = [
             Identity.from_seed(hashlib.sha256(f"flava-sim/{self.seed}/{i}".encode()).digest())
@@ -313,6 +315,7 @@ class Simulation:
                 if progress is not None:
                     progress(t, self.horizon, rec)
         finally:
+            self.learners.close()
             if fh is not None:
                 fh.close()
         summary = self.summarize(records, time.perf_counter() - start)

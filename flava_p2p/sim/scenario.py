@@ -139,6 +139,8 @@ class DataSpec(_Strict):
     partition: Literal["speaker", "iid", "dirichlet"] = "speaker"
     alpha: float = Field(default=0.5, gt=0)
     """Dirichlet concentration for ``partition: dirichlet``."""
+    eval_split: Literal["test", "heldout"] = "test"
+    """Accuracy on the testing-list speakers, or on all held-out (validation + test) speakers."""
     cache_dir: str | None = ".cache/features"
     features: FeatureConfig = Field(default_factory=FeatureConfig)
 
@@ -157,7 +159,13 @@ class LearnerSpec(_Strict):
         )
     )
     threads: int = Field(default=2, ge=1, le=64)
-    """torch threads for the whole simulation process."""
+    """torch threads of the simulation process (workers use one each)."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes training the real model's nodes in parallel (e.g. one per core); needs
+    ``train_seconds`` > 0 so that several bursts are in flight at once."""
+    train_seconds: float = Field(default=0.0, ge=0)
+    """Virtual time one training burst takes on a device; the node gossips its result this
+    much later. Bursts requested within this window run together (in parallel)."""
     synthetic_dim: int = Field(default=32, ge=2)
     synthetic_classes: int = Field(default=10, ge=2)
     synthetic_samples: int = Field(default=64, ge=1)
@@ -171,6 +179,8 @@ class PrivacySpec(_Strict):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     accountant: Literal["rdp", "prv"] = "rdp"
+    planned_steps: int | None = Field(default=None, ge=1)
+    """σ is planned for this many steps per node (default: rounds × local_steps)."""
 
 
 class ByzantineSpec(_Strict):
@@ -230,6 +240,11 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
+        if self.learner.train_seconds >= self.gossip.period_s * (1 - self.gossip.jitter):
+            raise ValueError(
+                "learner.train_seconds must be shorter than the shortest gossip period "
+                "(gossip.period_s × (1 − jitter))"
+            )
         byz = self.byzantine
         if byz.nodes is not None and any(not 0 <= i < self.nodes for i in byz.nodes):
             raise ValueError(f"byzantine.nodes must be node indices in [0, {self.nodes})")
