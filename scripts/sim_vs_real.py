@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import local_cluster  # noqa: E402
+import local_cluster
 
-from flava_p2p.sim.runner import run_scenario  # noqa: E402
-from flava_p2p.sim.scenario import Scenario  # noqa: E402
+from flava_p2p.sim.runner import run_scenario
+from flava_p2p.sim.scenario import Scenario
 
 
 def run_real(corpus: Path, n: int, seconds: float) -> list[dict[str, object]]:
