@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """The same 4-node network as real `flava-node` processes and in the simulator (issue 6).
 
-Real: ``local_cluster.prepare`` (speaker partition, node 0 bootstrap, DP-SGD, clipping) run for
-``--seconds`` of wall time; each node's held-out accuracy and round are read from /status.
-Simulated: the same corpus split, model, optimiser, gossip settings and privacy plan (σ for 400
-steps at ε = 30), ``discovered`` topology from node 0, run for as many rounds as the real nodes
-completed; accuracy on the same held-out (validation + test) speakers. Prints JSON.
+Real: ``local_cluster.prepare`` (speaker partition, node 0 bootstrap, DP-SGD, clipping) with the
+integration test's settings (ε = 200 planned over 400 steps, lr 0.5), run for ``--seconds`` of
+wall time; each node's held-out accuracy and round are read from /status. Simulated: the same
+corpus split, model, optimiser, gossip settings and privacy plan, ``discovered`` topology from
+node 0, run for as many rounds as the real nodes completed; accuracy on the same held-out
+(validation + test) speakers. The corpus is the integration test's (24 speakers × 4 words +
+unknown + silence × 5 takes, seed 5), generated into ``--corpus`` if missing. Prints JSON.
 
-    .venv/bin/python scripts/sim_vs_real.py --corpus data/synth --seconds 120
+    .venv/bin/python scripts/sim_vs_real.py --corpus data/synth_it --seconds 90
 """
 
 from __future__ import annotations
@@ -26,10 +28,32 @@ import local_cluster
 from flava_p2p.sim.runner import run_scenario
 from flava_p2p.sim.scenario import Scenario
 
+EPSILON, LR = 200.0, 0.5  # tests/test_node_integration.py
+
+
+def ensure_corpus(corpus: Path) -> None:
+    if (corpus / "corpus.json").is_file():
+        return
+    from flava_p2p.learning.synth import synthesize_corpus
+
+    synthesize_corpus(
+        corpus,
+        n_speakers=24,
+        takes=5,
+        words=["yes", "no", "up", "down"],
+        seed=5,
+        holdout_fraction=0.17,
+    )
+
 
 def run_real(corpus: Path, n: int, seconds: float) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as tmp:
-        homes = local_cluster.prepare(corpus, Path(tmp), n)
+        homes = local_cluster.prepare(
+            corpus,
+            Path(tmp),
+            n,
+            overrides={"privacy": {"target_epsilon": EPSILON}, "training": {"lr": LR}},
+        )
         cluster = local_cluster.Cluster(homes)
         try:
             cluster.start_all()
@@ -65,12 +89,12 @@ def run_sim(corpus: Path, n: int, rounds: int, seed: int) -> dict[str, object]:
                 "threads": 2,
                 "training": {
                     "batch_size": 32,
-                    "lr": 1.0,
+                    "lr": LR,
                     "local_steps": 8,
                     "spec_augment": False,
                 },
             },
-            "privacy": {"epsilon": 30.0, "planned_steps": 400},
+            "privacy": {"epsilon": EPSILON, "planned_steps": 400},
             "metrics": {"plots": False},
         }
     )
@@ -79,12 +103,13 @@ def run_sim(corpus: Path, n: int, rounds: int, seed: int) -> dict[str, object]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--corpus", default="data/synth_it")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     corpus = Path(args.corpus)
+    ensure_corpus(corpus)
     real = run_real(corpus, args.nodes, args.seconds)
     rounds = max(1, round(sum(int(r["round"]) for r in real) / len(real)))  # type: ignore[call-overload]
     sim = run_sim(corpus, args.nodes, rounds, args.seed)

@@ -81,6 +81,7 @@ class LocalTrainer:
         self.model_cfg = model_cfg
         self.label_names = list(train_set.label_names)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self._budget_warned = False
         self.n_train = len(train_set)
         _, _, n_feat, n_frames = train_set.features.shape
         self.model = genesis_model(
@@ -144,6 +145,9 @@ class LocalTrainer:
         if self.ledger is not None:
             k = self.ledger.allowed_steps(k_steps)
             if k == 0:
+                if self._budget_warned:
+                    return self._report(0, 0, math.nan, start)
+                self._budget_warned = True  # once: a node keeps asking every round
                 log.warning(
                     "privacy budget exhausted; refusing to train",
                     epsilon=self.ledger.epsilon,
