@@ -172,11 +172,14 @@ class NodeCore:
         self.last_inputs: dict[bytes, Vec] = {}
         """Models merged in the last round, by sender (attack context, diagnostics)."""
         self._pending_shuffle: dict[bytes, list[bytes]] = {}
+        self._unanswered: dict[bytes, PeerDescriptor] = {}
         self._dead_until: dict[bytes, float] = {}
         # Recent neighbour distances: the clipping radius must come from many rounds, since one
         # round has only ~fanout inputs and a single attacker would dominate their median.
         self._distances: deque[float] = deque(maxlen=32)
         self._sends: list[Send] = []
+        self._rx_addr: Addr | None = None
+        self._introduced: dict[bytes, float] = {}
         self._events: list[Event] = []
         self._now = 0.0
         self._next_gossip = self._next_shuffle = self._next_ping = self._next_boot = 0.0
@@ -220,6 +223,7 @@ class NodeCore:
         if self.scores.addr_graylisted(f"addr:{source}", now):
             self._count("dropped_graylisted_addr")
             return
+        self._rx_addr = addr  # for the rejection listener, called from inside wire.receive
         for inbound in self.wire.receive(datagram, now, source):
             if self.scores.is_graylisted(inbound.sender, now):
                 self._count("dropped_graylisted_peer")
@@ -342,6 +346,7 @@ class NodeCore:
         elif isinstance(msg, ShuffleReply):
             valid = self._usable(sender, msg.peers)
             self.view.merge(valid, replaceable=self._pending_shuffle.pop(sender, []))
+            self._unanswered.pop(sender, None)
             self._register_addrs(valid)
             self._learn_direct(sender)  # it just answered: keep it (small networks need this)
         elif isinstance(msg, Shuffle):
@@ -460,14 +465,26 @@ class NodeCore:
             self.identity.keys.box_key_sig,
             tuple(self.advertised),
         )
+        # A shuffle whose reply never came (lost datagram) must not cost us the peer: Cyclon
+        # drops Q when shuffling with it, so without this a lossy link slowly empties views.
+        # Liveness still removes Q if it is really gone.
+        for peer, desc in list(self._unanswered.items()):
+            if peer not in self.view and self._dead_until.get(peer, -1.0) <= now:
+                self._learn(desc)
+        self._unanswered.clear()
+        self._pending_shuffle.clear()
+        before = {p: self.view.descriptor(p) for p in self.view.peers()}
         started = self.view.start_shuffle(self.cfg.shuffle_length, me)
         if started is None:
             return
         q, sent = started
         if q in self._addr_of:
             self._pending_shuffle[q] = [d.peer_id for d in sent[1:]]
+            q_desc = before.get(q)
+            if q_desc is not None:
+                self._unanswered[q] = q_desc
             self._send(q, Shuffle(tuple(sent)))
-        # Q left the view (Cyclon); it comes back if it answers or shows up in a sample.
+        # Q left the view (Cyclon); it comes back when it answers (or at the next shuffle).
 
     def _probe(self, now: float) -> None:
         peers = [p for p in self.view.peers() if p in self._addr_of]
@@ -520,7 +537,32 @@ class NodeCore:
             peer = peer_id_from_str(source)
         except IdentityError:
             return
+        if reason == "unknown_sender":
+            # The signature checked out, but we lack the sender's encryption key: it heard of us
+            # through peer sampling before we heard of it. That is normal in networks larger
+            # than a view, so introduce ourselves (it answers with its keys) instead of
+            # penalising an honest peer. At most one HELLO per peer per shuffle period.
+            self._introduce(peer)
+            return
         self._penalize(peer, reason, self._now)
+
+    def _introduce(self, peer: bytes) -> None:
+        addr = self._rx_addr
+        if (
+            addr is None
+            or self._introduced.get(peer, -1e18) > self._now - self.cfg.shuffle_period_s
+        ):
+            return
+        self._introduced[peer] = self._now
+        if len(self._introduced) > 4 * self.cfg.view_size + 64:  # bounded
+            self._introduced.pop(next(iter(self._introduced)))
+        self._count("hello_to_unknown_sender")
+        self._send_plain(
+            addr,
+            Hello(
+                self.identity.keys.box_key, self.identity.keys.box_key_sig, tuple(self.advertised)
+            ),
+        )
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
