@@ -207,3 +207,40 @@ def test_tiny_networks_work(n: int) -> None:
     assert all(isinstance(e, PeerJoined) for _, _, e in net.events if isinstance(e, PeerJoined))
     for node in net.nodes:  # a Cyclon initiator drops the responder until it answers
         assert len(set(node.view.peers()) | set(node._pending_shuffle)) == n - 1
+
+
+def test_unknown_but_authenticated_sender_gets_introduced_not_penalised() -> None:
+    """A learns of B first (peer sampling); B must answer A's first message with a HELLO
+    rather than count A as misbehaving, after which both hold each other's keys."""
+    import random
+
+    from flava_p2p.sim.network import VirtualNetwork
+
+    net = VirtualNetwork(seed=3)
+    ids = [Identity.from_seed(bytes([77, i]) * 16) for i in range(2)]
+    for i in range(2):
+        net.add(
+            NodeCore(
+                ids[i],
+                network_id="t",
+                genesis=np.zeros(DIM, np.float32),
+                schema=SCHEMA,
+                gossip=FAST,
+                rng=random.Random(i),
+            )
+        )
+    b = ids[1]
+    addr_b = net.address(1)
+    from flava_p2p.identity import make_multiaddr
+
+    desc = PeerDescriptor(
+        b.peer_id, b.keys.box_key, b.keys.box_key_sig, (make_multiaddr(*addr_b, b.peer_id),)
+    )
+    net.nodes[0].restore_view([desc])
+    net.start()
+    net.run_until(5.0)
+    node_b = net.nodes[1]
+    assert node_b.counters.get("hello_to_unknown_sender", 0) >= 1
+    assert not any(k.startswith("penalty_") for k in node_b.counters)
+    assert ids[0].peer_id in node_b.view
+    assert node_b.wire.knows(ids[0].peer_id)
