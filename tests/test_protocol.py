@@ -244,3 +244,15 @@ def test_unknown_but_authenticated_sender_gets_introduced_not_penalised() -> Non
     assert not any(k.startswith("penalty_") for k in node_b.counters)
     assert ids[0].peer_id in node_b.view
     assert node_b.wire.knows(ids[0].peer_id)
+
+
+def test_late_starter_catches_up_instead_of_being_stale() -> None:
+    """Round counters are local: a node 30 rounds ahead (it started long before the others)
+    must still merge their deltas once they catch up, and never penalise them for lagging."""
+    net = build(3)
+    net.nodes[0].round = 30
+    net.run_until(20.0)
+    for node in net.nodes:
+        assert not any(k.startswith("penalty_") for k in node.counters)
+    assert net.nodes[0].counters.get("deltas_received", 0) > 0
+    assert min(n.round for n in net.nodes) >= 30

@@ -265,7 +265,7 @@ class TestScenarioFiles:
         sweep = tmp_path / "s.yaml"
         sweep.write_text(
             "name: m\nscenario: {nodes: 8, rounds: 3, learner.kind: synthetic,"
-            " metrics.plots: false}\n"
+            " metrics.plots: false, byzantine.count: 2}\n"
             "grid:\n  byzantine.attack: [none, sign_flip]\n  gossip.aggregation: [clipped, mean]\n"
             "  privacy.epsilon: [8, null]\n"
         )

@@ -361,8 +361,15 @@ class NodeCore:
         if msg.schema_hash != self.schema or msg.genesis_hash != self.genesis_hash:
             self._penalize(sender, "schema_mismatch", now)
             return
+        # Rounds are local counters: nodes that started at different times disagree. Like a
+        # Lamport clock, a node behind the sender catches up (at most max_staleness rounds per
+        # message, so a peer sending huge round numbers cannot fling anyone far ahead), and a
+        # delta too far behind is dropped but not held against its sender — being slow or
+        # recently restarted is not misbehaviour.
+        if msg.round > self.round:
+            self.round = min(msg.round, self.round + self.cfg.max_staleness)
         if msg.round + self.cfg.max_staleness < self.round:
-            self._penalize(sender, "stale_delta", now)
+            self._count("stale_delta_dropped")
             return
         assert inbound.vector is not None
         if inbound.vector.shape != self.genesis.shape:

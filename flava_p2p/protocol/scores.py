@@ -19,7 +19,6 @@ PENALTIES: dict[str, float] = {
     "identity_mismatch": 5.0,
     "bad_fragment": 3.0,
     "schema_mismatch": 2.0,
-    "stale_delta": 0.5,
     "reassembly_cap": 1.0,
     "reassembly_timeout": 0.2,
     "outlier": 1.0,
