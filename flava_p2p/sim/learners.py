@@ -109,6 +109,17 @@ def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 
     return path
 
 
+def _quiet_known_warnings() -> None:
+    """Silence two warnings that are expected here and would bury the progress output:
+    Opacus' "secure RNG off" (simulations seed DP noise on purpose, for reproducibility; real
+    nodes draw it from OS entropy) and torch's note that the first layer's input needs no
+    gradient (it is audio features, never a parameter)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+
 class RealLearners:
     """Every node trains the DS-CNN keyword model on its own speakers with its own trainer.
 
@@ -125,6 +136,7 @@ class RealLearners:
         from flava_p2p.learning.trainer import LocalTrainer
 
         torch.set_num_threads(sc.learner.threads)
+        _quiet_known_warnings()
         root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
         fs = load_features(scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir)
         train = fs.split("train")
