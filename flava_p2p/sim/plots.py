@@ -44,6 +44,9 @@ def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path
         ax.axhline(m, color="grey", linestyle=":", label=f"no DP (mean {m:.2f})")
         ax.axhline(w, color="grey", linestyle="-.", alpha=0.5, label=f"no DP (worst {w:.2f})")
     ax.set_xscale("log")
+    if finite:  # tick exactly at the ε values swept, in plain numbers
+        ax.set_xticks([p[0] for p in finite], [f"{p[0]:g}" for p in finite])
+        ax.minorticks_off()
     ax.set_xlabel("example-level ε (δ = 1e-5), log scale")
     ax.set_ylabel("final held-out accuracy")
     ax.set_ylim(0, 1)
