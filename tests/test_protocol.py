@@ -256,3 +256,5 @@ def test_late_starter_catches_up_instead_of_being_stale() -> None:
         assert not any(k.startswith("penalty_") for k in node.counters)
     assert net.nodes[0].counters.get("deltas_received", 0) > 0
     assert min(n.round for n in net.nodes) >= 30
+    # ...and rounds still advance once per period, not once per tick anywhere (20 s, period 1 s)
+    assert max(n.round for n in net.nodes) <= 30 + 20 * 1.3

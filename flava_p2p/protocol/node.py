@@ -361,13 +361,13 @@ class NodeCore:
         if msg.schema_hash != self.schema or msg.genesis_hash != self.genesis_hash:
             self._penalize(sender, "schema_mismatch", now)
             return
-        # Rounds are local counters: nodes that started at different times disagree. Like a
-        # Lamport clock, a node behind the sender catches up (at most max_staleness rounds per
-        # message, so a peer sending huge round numbers cannot fling anyone far ahead), and a
-        # delta too far behind is dropped but not held against its sender — being slow or
-        # recently restarted is not misbehaviour.
-        if msg.round > self.round:
-            self.round = min(msg.round, self.round + self.cfg.max_staleness)
+        # Rounds are local counters: nodes that started at different times disagree. A node
+        # more than max_staleness rounds behind the sender is a late starter and jumps to the
+        # sender's round. (Always adopting the maximum, Lamport-style, was tried and inflates
+        # rounds N-fold: every tick anywhere pushes everyone on.) A delta too far behind is
+        # dropped but not held against its sender: being slow or restarted is not misbehaviour.
+        if msg.round > self.round + self.cfg.max_staleness:
+            self.round = msg.round
         if msg.round + self.cfg.max_staleness < self.round:
             self._count("stale_delta_dropped")
             return
