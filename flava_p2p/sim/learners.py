@@ -143,7 +143,9 @@ class RealLearners:
         if sc.data.eval_split == "heldout":
             test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
         else:
-            test = fs.split("test") if len(fs.split("test")) else fs.split("validation")
+            test = fs.split("test")
+            if len(test) == 0:
+                test = fs.split("validation")
         if len(test) == 0:
             raise FlavaError(
                 f"{root}: no held-out speakers (testing_list.txt/validation_list.txt); the "
