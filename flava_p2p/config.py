@@ -7,6 +7,7 @@ whose message names the file, the field path, what was wrong and what is allowed
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -78,9 +79,40 @@ class NetworkConfig(_Strict):
     mtu: int = Field(default=1200, ge=512, le=65000)
     """Maximum datagram payload in bytes; larger messages are chunked."""
     multicast_beacons: bool = False
-    """Announce and discover peers on the LAN by multicast (opt-in)."""
+    """Announce and discover peers on the LAN by multicast (opt-in). A beacon is this node's
+    signed HELLO (PeerID, signed X25519 key, addresses), sent every ``beacon_period_s`` to
+    ``beacon_group``; nodes that hear it add the sender to their view. IPv4 only."""
+    beacon_group: str = "239.255.70.71:7947"
+    """Multicast ``group:port`` for beacons (239.255.0.0/16 is site-local by RFC 2365)."""
+    beacon_interface: str = "0.0.0.0"  # noqa: S104 - selects a multicast interface, not a bind
+    """IPv4 address of the interface to beacon on; 0.0.0.0 = the system's default. Use
+    127.0.0.1 to confine beacons to this host (several nodes on one machine)."""
+    beacon_period_s: float = Field(default=5.0, gt=0)
+    """Mean seconds between two beacons (jittered like every other period)."""
     genesis_seed: int = Field(default=0, ge=0)
     """Every node of a network derives the same genesis model from this seed."""
+
+    @field_validator("beacon_group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        try:
+            ip = ipaddress.IPv4Address(host)
+            port_n = int(port)
+        except ValueError:
+            raise ValueError("must be 'IPv4-group:port', e.g. 239.255.70.71:7947") from None
+        if not ip.is_multicast or not 0 < port_n < 65536:
+            raise ValueError("must be an IPv4 multicast group (224.0.0.0/4) and a port 1-65535")
+        return v
+
+    @field_validator("beacon_interface")
+    @classmethod
+    def _iface(cls, v: str) -> str:
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError("must be an IPv4 address, e.g. 0.0.0.0 or 127.0.0.1") from None
+        return v
 
 
 AggregationName = Literal[

@@ -258,3 +258,51 @@ def test_late_starter_catches_up_instead_of_being_stale() -> None:
     assert min(n.round for n in net.nodes) >= 30
     # ...and rounds still advance once per period, not once per tick anywhere (20 s, period 1 s)
     assert max(n.round for n in net.nodes) <= 30 + 20 * 1.3
+
+
+class TestBeacons:
+    GROUP = ("239.255.70.71", 7947)
+
+    def _core(self, i: int) -> NodeCore:
+        import random
+
+        return NodeCore(
+            Identity.from_seed(bytes([7, i]) * 16),
+            network_id="t",
+            genesis=np.zeros(DIM, np.float32),
+            schema=SCHEMA,
+            gossip=FAST,
+            rng=random.Random(i),
+            advertised=[],
+            beacon=(self.GROUP, 2.0),
+        )
+
+    def test_beacons_introduce_nodes_without_replies(self) -> None:
+        """A beacon heard on the group puts its sender in the view, asks no reply, and the
+        sender's own looped-back beacon is ignored; beacons repeat about once per period."""
+        # Prepare
+        a, b = self._core(0), self._core(1)
+        a.start(100.0)
+        b.start(100.0)
+        beacons = [s for s in a.datagrams_to_send() if s.addr == self.GROUP]
+        b.datagrams_to_send()
+        assert len(beacons) == 1
+        # Execute: the group delivers A's beacon to B and back to A (multicast loop).
+        b.receive(beacons[0].datagram, ("10.0.0.1", 4000), 100.1)
+        a.receive(beacons[0].datagram, ("10.0.0.1", 4000), 100.1)
+        # Assert
+        assert a.identity.peer_id in b.view
+        assert b.address_of(a.identity.peer_id) == ("10.0.0.1", 4000)
+        assert b.datagrams_to_send() == []  # no HELLO_ACK: beacons cost no replies
+        assert len(a.view) == 0 and a.address_of(a.identity.peer_id) is None
+        assert a.counters["own_datagram_ignored"] == 1
+        for t in np.arange(100.2, 120.0, 0.1):
+            a.timer(float(t))
+        sent = sum(s.addr == self.GROUP for s in a.datagrams_to_send())
+        assert 8 <= sent <= 12  # 20 s at a 2 s mean period (±20% jitter)
+
+    def test_no_beacons_unless_enabled(self) -> None:
+        """Without a beacon group nothing is ever sent to a multicast address."""
+        net = build(3)
+        net.run_until(10.0)
+        assert all(n.counters.get("beacons_sent", 0) == 0 for n in net.nodes)

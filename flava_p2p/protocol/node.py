@@ -142,6 +142,7 @@ class NodeCore:
         scores: PeerScores | None = None,
         message_noise: MessageNoise | None = None,
         noise_rng: np.random.Generator | None = None,
+        beacon: tuple[Addr, float] | None = None,
     ) -> None:
         self.identity = identity
         self.cfg = gossip
@@ -160,6 +161,9 @@ class NodeCore:
         self.scores = scores or PeerScores()
         self.advertised = list(advertised or [])
         self.bootstrap = list(bootstrap or [])
+        # LAN discovery: (multicast group address, mean period). The beacon is a signed HELLO
+        # that asks for no reply, so N nodes beaconing cost N datagrams per period, not N².
+        self.beacon = beacon
         self.outgoing_hook: OutgoingHook | None = None
         self.message_noise = message_noise
         # Drawn from ``rng`` only when message noise is on, so enabling nothing else changes runs.
@@ -183,6 +187,7 @@ class NodeCore:
         self._events: list[Event] = []
         self._now = 0.0
         self._next_gossip = self._next_shuffle = self._next_ping = self._next_boot = 0.0
+        self._next_beacon = 0.0
         self.started = False
 
     # ------------------------------------------------------------------ driver API
@@ -193,6 +198,7 @@ class NodeCore:
         self._next_shuffle = now + self._jittered(self.cfg.shuffle_period_s)
         self._next_ping = now + self._jittered(self.cfg.ping_period_s)
         self._next_boot = now
+        self._next_beacon = now
         self.started = True
         self.timer(now)
 
@@ -211,6 +217,8 @@ class NodeCore:
         times = [self._next_gossip, self._next_shuffle, self._next_ping]
         if not self.view and self.bootstrap:
             times.append(self._next_boot)
+        if self.beacon is not None:
+            times.append(self._next_beacon)
         for t in (self.liveness.next_deadline(), self.wire.next_deadline()):
             if t is not None:
                 times.append(t)
@@ -225,6 +233,9 @@ class NodeCore:
             return
         self._rx_addr = addr  # for the rejection listener, called from inside wire.receive
         for inbound in self.wire.receive(datagram, now, source):
+            if inbound.sender == self.identity.peer_id:  # our own beacon, looped back
+                self._count("own_datagram_ignored")
+                continue
             if self.scores.is_graylisted(inbound.sender, now):
                 self._count("dropped_graylisted_peer")
                 continue
@@ -247,6 +258,14 @@ class NodeCore:
                     ),
                 )
             self._next_boot = now + 2.0
+        if self.beacon is not None and now >= self._next_beacon:
+            group, period = self.beacon
+            keys = self.identity.keys
+            self._send_plain(
+                group, Hello(keys.box_key, keys.box_key_sig, tuple(self.advertised), False)
+            )
+            self._count("beacons_sent")
+            self._next_beacon = now + self._jittered(period)
         if now >= self._next_gossip:
             self._gossip_round(now)
             self._next_gossip = now + self._jittered(self.cfg.period_s)

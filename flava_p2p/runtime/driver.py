@@ -32,6 +32,7 @@ from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, PeerLeft, TrainRequest, Vec
+from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
 from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import DpInfo
@@ -124,6 +125,12 @@ class NodeRunner:
         self.stream = await asyncio_dgram.bind((host, port))
         bound_port = int(self.stream.sockname[1])
         self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
+        self.beacon_stream: Any = None
+        if cfg.network.multicast_beacons:
+            group = parse_group(cfg.network.beacon_group)
+            enable_multicast_send(self.stream.socket, cfg.network.beacon_interface)
+            sock = open_beacon_socket(group, cfg.network.beacon_interface)
+            self.beacon_stream = await asyncio_dgram.from_socket(sock)
         self.core = self._build_core(genesis_vec, first_seq)
         if self.attack is not None and self.attack.kind == "model":
             self.core.outgoing_hook = make_attack_hook(self.attack, np.random.default_rng())
@@ -159,8 +166,10 @@ class NodeRunner:
         await self._pump()
         tasks = [
             asyncio.create_task(t)
-            for t in (self._recv_loop(), self._timer_loop(), self._save_loop())
+            for t in (self._recv_loop(self.stream), self._timer_loop(), self._save_loop())
         ]
+        if self.beacon_stream is not None:
+            tasks.append(asyncio.create_task(self._recv_loop(self.beacon_stream)))
         if self.attack is not None and self.attack.kind == "network":
             tasks.append(asyncio.create_task(self._network_attack_loop()))
         try:
@@ -204,6 +213,11 @@ class NodeRunner:
             wire=wire,
             message_noise=message_noise,
             noise_rng=np.random.default_rng(),  # OS entropy: never a seed a peer could learn
+            beacon=(
+                (parse_group(cfg.network.beacon_group), cfg.network.beacon_period_s)
+                if cfg.network.multicast_beacons
+                else None
+            ),
         )
         core.model = self.trainer.get_flat()
         core.round = self.state.round
@@ -220,19 +234,22 @@ class NodeRunner:
         await loop.run_in_executor(self._executor, self.trainer.save)
         self._save_state()
         self.stream.close()
+        if self.beacon_stream is not None:
+            self.beacon_stream.close()
         await self.api_runner.cleanup()
         self._executor.shutdown(wait=True)
         with contextlib.suppress(OSError):
             (self.home / "status.json").unlink()
 
     # ------------------------------------------------------------------ loops
-    async def _recv_loop(self) -> None:
+    async def _recv_loop(self, stream: Any) -> None:
+        """Feed one socket's datagrams (unicast, or the beacon group) to the core."""
         # asyncio-dgram's receive queue is unbounded; we bound it ourselves (flood defence).
-        queue: asyncio.Queue[Any] = getattr(self.stream, "_recvq")  # noqa: B009
+        queue: asyncio.Queue[Any] = getattr(stream, "_recvq")  # noqa: B009
         handled = 0
         while True:
             try:
-                data, addr = await self.stream.recv()
+                data, addr = await stream.recv()
             except (OSError, asyncio_dgram.TransportClosed) as exc:
                 if isinstance(exc, asyncio_dgram.TransportClosed):
                     return
