@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -231,7 +232,8 @@ def _write_cache(path: Path, fs: FeatureSet, root: Path) -> None:
     """Atomic write; plain numeric and unicode arrays only, so reading needs no unpickling."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        # Per-process temp name: parallel runs (sweeps, two centralized seeds) share the cache.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
         rel = np.array([str(Path(p).relative_to(root)) for p in fs.paths], dtype=np.str_)
         skipped = np.array([str(Path(p).relative_to(root)) for p in fs.skipped], dtype=np.str_)
         np.savez(tmp, features=fs.features.numpy(), paths=rel, skipped=skipped)
