@@ -306,3 +306,43 @@ class TestBeacons:
         net = build(3)
         net.run_until(10.0)
         assert all(n.counters.get("beacons_sent", 0) == 0 for n in net.nodes)
+
+
+class TestSlowTraining:
+    def _core(self) -> NodeCore:
+        import random
+
+        return NodeCore(
+            Identity.from_seed(b"s" * 32),
+            network_id="t",
+            genesis=np.zeros(DIM, np.float32),
+            schema=SCHEMA,
+            gossip=FAST,
+            rng=random.Random(0),
+        )
+
+    def test_merge_during_a_burst_is_kept(self) -> None:
+        """A gossip round that merged peers' models while training ran is not overwritten:
+        the burst lands as an update on top of the merged model."""
+        # Prepare
+        core = self._core()
+        base = np.ones(DIM, np.float32)
+        core.model = base.copy()
+        merged_in = np.full(DIM, 0.5, np.float32)
+        trained = base + 0.25
+        # Execute: the merge happens after the burst started from ``base``.
+        core.model = core.model + merged_in
+        core.local_update(trained, 10, DpInfo(None, None), 1.0, base=base)
+        # Assert
+        np.testing.assert_allclose(core.model, base + merged_in + 0.25)
+        assert core.counters["merged_during_training"] == 1
+
+    def test_no_merge_adopts_the_trained_model_exactly(self) -> None:
+        """Without a merge in between, the trained weights are adopted bit for bit."""
+        core = self._core()
+        base = np.linspace(-1, 1, DIM).astype(np.float32)
+        core.model = base.copy()
+        trained = (base * np.float32(1.1)).astype(np.float32)
+        core.local_update(trained, 10, DpInfo(None, None), 1.0, base=base)
+        assert np.array_equal(core.model, trained)
+        assert "merged_during_training" not in core.counters

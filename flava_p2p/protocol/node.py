@@ -281,10 +281,22 @@ class NodeCore:
         self.wire.poll(now)
         self._flush_wire()
 
-    def local_update(self, model: Vec, sample_count: int, dp: DpInfo, now: float) -> None:
-        """The driver's training result: adopt it and gossip its delta to ``fanout`` peers."""
+    def local_update(
+        self, model: Vec, sample_count: int, dp: DpInfo, now: float, base: Vec | None = None
+    ) -> None:
+        """The driver's training result: adopt it and gossip its delta to ``fanout`` peers.
+
+        ``base`` is the model the burst started from. When a gossip round merged peers' models
+        into ours while the burst ran (training slower than the period), the burst is applied
+        as an update on top of the merged model: overwriting would silently throw the merge
+        away, and with it everything the peers contributed that round.
+        """
         self._now = now
-        self.model = np.asarray(model, dtype=np.float32).copy()
+        trained = np.asarray(model, dtype=np.float32)
+        if base is not None and not np.array_equal(self.model, base):
+            trained = self.model + (trained - np.asarray(base, dtype=np.float32))
+            self._count("merged_during_training")
+        self.model = trained.copy()
         self.sample_count = sample_count
         self.dp = dp
         targets = [

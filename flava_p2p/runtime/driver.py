@@ -32,6 +32,7 @@ from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, PeerLeft, TrainRequest, Vec
+from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
 from flava_p2p.wire.endpoint import WireEndpoint
@@ -64,6 +65,7 @@ class NodeRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flava-train")
         self._stop = asyncio.Event()
         self._sent_log: list[tuple[tuple[str, int], bytes]] = []
+        self._kernel_filtered: list[tuple[str, int]] = []
 
     # ------------------------------------------------------------------ setup
     def _load_identity(self) -> Identity:
@@ -280,6 +282,17 @@ class NodeRunner:
         while True:
             await asyncio.sleep(STATE_SAVE_PERIOD_S)
             self._save_state()
+            self._refresh_kernel_filter()  # lets expired address graylistings in again
+
+    def _refresh_kernel_filter(self) -> None:
+        """Mirror the graylisted addresses into the socket's kernel drop filter (Linux)."""
+        addrs = []
+        for entry in self.core.scores.graylisted_addrs(time.time()):
+            host, _, port = entry.removeprefix("addr:").rpartition(":")
+            addrs.append((host, int(port)))
+        if addrs != self._kernel_filtered and set_drop_filter(self.stream.socket, addrs):
+            self._kernel_filtered = addrs
+            self.counters["kernel_filtered_addresses"] = min(len(addrs), MAX_FILTERED)
 
     def _save_state(self) -> None:
         self.state.round = self.core.round
@@ -302,6 +315,8 @@ class NodeRunner:
                 log.info("peer left", peer=_short(ev.peer), reason=ev.reason)
             elif isinstance(ev, Graylisted):
                 log.warning("graylisted", who=ev.who)
+                if ev.who.startswith("addr:"):
+                    self._refresh_kernel_filter()
         sends = self.core.datagrams_to_send()
         mn = self.core.message_noise
         new_releases = mn is not None and mn.releases != self.state.message_releases
@@ -328,7 +343,8 @@ class NodeRunner:
     async def _train(self, round_: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self.trainer.set_flat(self.core.model)
+            base = self.core.model.copy()
+            self.trainer.set_flat(base)
             report = await loop.run_in_executor(
                 self._executor, self.trainer.train, self.cfg.training.local_steps
             )
@@ -341,7 +357,9 @@ class NodeRunner:
             }
             led = self.trainer.ledger
             dp = DpInfo(led.epsilon, led.delta) if led else DpInfo(None, None)
-            self.core.local_update(self.trainer.get_flat(), self.trainer.n_train, dp, time.time())
+            self.core.local_update(
+                self.trainer.get_flat(), self.trainer.n_train, dp, time.time(), base=base
+            )
             if self.eval_set is not None and round_ % EVAL_EVERY_ROUNDS == 0:
                 metrics = await loop.run_in_executor(
                     self._executor, self.trainer.evaluate, self.eval_set

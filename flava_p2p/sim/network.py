@@ -230,7 +230,7 @@ class VirtualNetwork:
 
     def _train_done(self, i: int) -> None:
         """Node i's burst finishes now; run every burst requested so far that has no result."""
-        gen, _ = self._pending[i]
+        gen, base = self._pending[i]
         if i not in self._results:
             jobs = [(j, m) for j, (_, m) in sorted(self._pending.items()) if j not in self._results]
             if self.batch_learner is not None:
@@ -241,7 +241,7 @@ class VirtualNetwork:
         trained, samples, dp = self._results.pop(i)
         if i in self.down or gen != self._generation[i]:
             return  # crashed or restarted mid-burst: the result is lost (the ε is not)
-        self.nodes[i].local_update(trained, samples, dp, self.now)
+        self.nodes[i].local_update(trained, samples, dp, self.now, base=base)
         self._after(i)
 
     def send_from(self, i: int, src: Addr, dst_addr: Addr, datagram: bytes) -> None:
