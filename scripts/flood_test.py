@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_cluster import Cluster, prepare
@@ -52,12 +53,28 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def poll(api: str, pid: int, seconds: float) -> tuple[list[float], float, dict[str, Any]]:
+    """GET /status every 50 ms for ``seconds``: sorted latencies (ms), peak RSS, last answer."""
+    latencies, rss_peak, last = [], 0.0, {}
+    end = time.time() + seconds
+    while time.time() < end:
+        t = time.perf_counter()
+        with urllib.request.urlopen(api, timeout=10) as r:  # noqa: S310
+            last = json.loads(r.read())
+        latencies.append((time.perf_counter() - t) * 1000)
+        rss_peak = max(rss_peak, rss_mb(pid))
+        time.sleep(0.05)
+    return sorted(latencies), rss_peak, last
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", required=True)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="flood duration")
+    parser.add_argument("--settle", type=float, default=20, help="seconds before measuring")
+    parser.add_argument("--control", type=float, default=10, help="seconds polled without flood")
     parser.add_argument("--root", default="runs/flood")
     args = parser.parse_args()
     cluster = Cluster(prepare(Path(args.corpus), Path(args.root), 2))
@@ -66,27 +83,21 @@ def main() -> int:
         cluster.wait_ready(0)
         cluster.start(1)
         status = cluster.wait_ready(1)
-        time.sleep(5)  # settle: discovery, first training rounds
         pid = cluster.procs[1].pid
         port = int(status["addresses"][0].split("/udp/")[1].split("/")[0])
         api = json.loads((cluster.homes[1] / "status.json").read_text())["api"] + "/status"
+        # Settle (discovery, first training rounds: torch and Opacus allocate their working
+        # memory then), then a control phase without flood, then the flood.
+        time.sleep(args.settle)
+        control, _, _ = poll(api, pid, args.control)
         rss_before = rss_mb(pid)
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         flooder = mp.Process(target=flood, args=(port, args.seconds, q))
         flooder.start()
         flood_port = q.get()
-        latencies, rss_peak = [], rss_before
-        end = time.time() + args.seconds
-        while time.time() < end:
-            t = time.perf_counter()
-            with urllib.request.urlopen(api, timeout=10) as r:  # noqa: S310
-                last = json.loads(r.read())
-            latencies.append((time.perf_counter() - t) * 1000)
-            rss_peak = max(rss_peak, rss_mb(pid))
-            time.sleep(0.05)
+        latencies, rss_peak, last = poll(api, pid, args.seconds)
         sent = q.get()
         flooder.join()
-        latencies.sort()
         graylisted = f"addr:127.0.0.1:{flood_port}" in last["graylisted_addresses"]
         result = {
             "seconds": args.seconds,
@@ -95,6 +106,9 @@ def main() -> int:
             "status_requests": len(latencies),
             "status_p50_ms": round(statistics.median(latencies), 2),
             "status_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 2),
+            "control_status_p50_ms": round(statistics.median(control), 2),
+            "control_status_p99_ms": round(control[int(0.99 * (len(control) - 1))], 2),
+            "kernel_filtered_addresses": last["counters"].get("kernel_filtered_addresses", 0),
             "rss_before_mb": round(rss_before, 1),
             "rss_peak_mb": round(rss_peak, 1),
             "rss_growth_mb": round(rss_peak - rss_before, 1),
