@@ -171,6 +171,14 @@ def _register_centralized(sub: Any) -> None:
         "averaged before clipping, at no privacy cost (default 1 = off)",
     )
     cen.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        metavar="D",
+        help="evaluate (and save) the exponential moving average of the weights with this "
+        "decay, e.g. 0.99; post-processing, so free under DP (default: off)",
+    )
+    cen.add_argument(
         "--accountant",
         choices=["rdp", "prv"],
         default="rdp",
@@ -229,6 +237,7 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             holdout_speakers=args.holdout_speakers,
             accountant=args.accountant,
             augment_multiplicity=args.augment_multiplicity,
+            ema_decay=args.ema_decay,
             seed=args.seed,
             checkpoint=args.save,
             progress=on_progress,

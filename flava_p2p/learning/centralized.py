@@ -33,6 +33,7 @@ def run_centralized(
     accountant: str = "rdp",
     spec_augment: bool | None = None,
     augment_multiplicity: int = 1,
+    ema_decay: float | None = None,
     features: FeatureConfig | None = None,
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -83,6 +84,7 @@ def run_centralized(
         seed=seed,
         noise_seed=seed,
         checkpoint_path=checkpoint,
+        ema_decay=ema_decay,
     )
     last: dict[str, Any] = {}
     for epoch in range(epochs):
@@ -93,6 +95,9 @@ def run_centralized(
             progress(epoch + 1, epochs, last)
         if report.steps == 0:
             break
+    if ema_decay is not None:
+        trainer.use_ema_weights()
+        trainer.save()  # the saved model is the one evaluated
     metrics = trainer.evaluate(test)
     return {
         "accuracy": metrics["accuracy"],
@@ -114,6 +119,7 @@ def run_centralized(
         "lr": lr,
         "max_grad_norm": max_grad_norm if trainer.ledger else None,
         "augment_multiplicity": augment_multiplicity,
+        "ema_decay": ema_decay,
         "seed": seed,
         "seconds": time.perf_counter() - start,
     }

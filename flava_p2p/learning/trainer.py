@@ -72,6 +72,7 @@ class LocalTrainer:
         genesis_seed: int | None = None,
         noise_seed: int | None = None,
         checkpoint_path: str | Path | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         if len(train_set) == 0:
             raise FlavaError("no training examples: the node's data folder has no usable audio.")
@@ -132,6 +133,15 @@ class LocalTrainer:
         self.loader = loader
         self._batches = iter(self.loader)
         self.criterion = nn.CrossEntropyLoss()
+        # Exponential moving average of the weights (De et al. 2022): pure post-processing of the
+        # DP-SGD iterates, so it costs no privacy, and it averages out much of the step noise.
+        self.ema_decay = ema_decay
+        self._ema: list[torch.Tensor] | None = None
+        self._ema_updates = 0
+        if ema_decay is not None:
+            if not 0 < ema_decay < 1:
+                raise FlavaError(f"ema_decay must be in (0, 1), got {ema_decay}.")
+            self._ema = [p.detach().clone() for p in self.model.parameters()]
         if self.checkpoint_path and self.checkpoint_path.exists():
             self._restore(self.checkpoint_path)
         elif self.checkpoint_path:
@@ -175,6 +185,7 @@ class LocalTrainer:
             else:
                 self._zero_sample_grads()
             self.optimizer.step()
+            self._update_ema()
         self.save()
         return self._report(k, examples, total_loss / max(examples, 1), start)
 
@@ -223,6 +234,25 @@ class LocalTrainer:
         """An empty Poisson batch still gets a noise-only step, as the accounting assumes."""
         for p in self.model.parameters():
             p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self._ema is None or self.ema_decay is None:
+            return
+        self._ema_updates += 1
+        # Warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates): early on the
+        # average must not be dominated by the random initial weights.
+        decay = min(self.ema_decay, (1 + self._ema_updates) / (10 + self._ema_updates))
+        for avg, p in zip(self._ema, self.model.parameters(), strict=True):
+            avg.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    def use_ema_weights(self) -> None:
+        """Replace the weights by their moving average (no-op without ``ema_decay``)."""
+        if self._ema is None:
+            return
+        with torch.no_grad():
+            for avg, p in zip(self._ema, self.model.parameters(), strict=True):
+                p.copy_(avg)
 
     def _report(self, steps: int, examples: int, loss: float, start: float) -> TrainReport:
         led = self.ledger
