@@ -89,7 +89,8 @@ def main() -> int:
         # Settle (discovery, first training rounds: torch and Opacus allocate their working
         # memory then), then a control phase without flood, then the flood.
         time.sleep(args.settle)
-        control, _, _ = poll(api, pid, args.control)
+        rss_control = rss_mb(pid)
+        control, rss_control_peak, _ = poll(api, pid, args.control)
         rss_before = rss_mb(pid)
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         flooder = mp.Process(target=flood, args=(port, args.seconds, q))
@@ -112,6 +113,7 @@ def main() -> int:
             "rss_before_mb": round(rss_before, 1),
             "rss_peak_mb": round(rss_peak, 1),
             "rss_growth_mb": round(rss_peak - rss_before, 1),
+            "control_rss_growth_mb": round(rss_control_peak - rss_control, 1),
             "flooder_graylisted": graylisted,
             "overload_dropped": last["counters"].get("overload_dropped", 0),
             "dropped_graylisted_addr": last["counters"].get("dropped_graylisted_addr", 0),

@@ -34,6 +34,7 @@ def prepare(
     corpus: Path, root: Path, n: int, *, seed: int = 0, overrides: dict[str, Any] | None = None
 ) -> list[Path]:
     """Create n node homes under ``root``; returns their paths."""
+    root = root.resolve()  # node configs resolve relative paths against their own home
     scan = scan_corpus(corpus)
     train = [u for u in scan.utterances if u.split == "train"]
     test = [u for u in scan.utterances if u.split != "train"]

@@ -30,7 +30,7 @@ from flava_p2p.learning.dataset import FeatureSet
 from flava_p2p.learning.features import spec_augment, time_shift
 from flava_p2p.learning.ledger import BudgetState, PrivacyLedger
 from flava_p2p.learning.metrics import classification_report
-from flava_p2p.learning.models import build_model, schema_hash
+from flava_p2p.learning.models import build_model, predict_classes, schema_hash
 
 log = structlog.get_logger(__name__)
 
@@ -290,12 +290,9 @@ class LocalTrainer:
                 offset += p.numel()
 
     # -------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(self, fs: FeatureSet, batch: int = 512) -> dict[str, float]:
+    def evaluate(self, fs: FeatureSet) -> dict[str, float]:
         """Accuracy and macro-F1 on ``fs``."""
-        self.model.train(False)  # inference mode
-        preds = [self.model(fs.features[i : i + batch]).argmax(1) for i in range(0, len(fs), batch)]
-        pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+        pred = predict_classes(self.model, fs.features).numpy()
         return classification_report(fs.labels.numpy(), pred, len(self.label_names))
 
     # ------------------------------------------------------------- persistence

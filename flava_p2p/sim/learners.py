@@ -335,6 +335,8 @@ class _Evaluator:
         """Predicted class per row of ``x`` under the weights ``flat``."""
         import torch
 
+        from flava_p2p.learning.models import predict_classes
+
         assert isinstance(x, torch.Tensor)
         w = torch.as_tensor(flat)
         with torch.no_grad():
@@ -342,7 +344,7 @@ class _Evaluator:
             for p in self.params:
                 p.copy_(w[off : off + p.numel()].view_as(p))
                 off += p.numel()
-            pred: npt.NDArray[np.int64] = self.model(x).argmax(1).numpy()
+        pred: npt.NDArray[np.int64] = predict_classes(self.model, x).numpy()
         return pred
 
 
