@@ -89,6 +89,18 @@ def prepare(
     return homes
 
 
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``["privacy.target_epsilon=200", "gossip.period_s=4"]`` → nested overrides (YAML values)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, field_ = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. gossip.period_s=4")
+        out.setdefault(section, {})[field_] = yaml.safe_load(value)
+    return out
+
+
 def _link(utts: list[Any], corpus: Path, dest: Path, labels: list[str] | None = None) -> None:
     for label in labels or []:
         (dest / label).mkdir(parents=True, exist_ok=True)
@@ -197,8 +209,15 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--root", default="runs/cluster")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a node.yaml setting on every node, e.g. --set privacy.target_epsilon=200",
+    )
     args = parser.parse_args()
-    homes = prepare(Path(args.corpus), Path(args.root), args.nodes)
+    homes = prepare(Path(args.corpus), Path(args.root), args.nodes, overrides=parse_sets(args.set))
     cluster = Cluster(homes)
     try:
         cluster.start_all()
