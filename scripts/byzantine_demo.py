@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Byzantine demo with real processes: honest accuracy under attack, per defence. JSON out.
 
-For each (attack, aggregation) cell, start ``--nodes`` real `flava-node` processes on 127.0.0.1
-over a speaker-partitioned corpus, ``--byzantine`` of them with ``--attack``, run for
-``--seconds``, and report the honest nodes' mean and worst held-out accuracy next to an
-attack-free run with the same defence.
+For each (aggregation, attack) cell, start ``--nodes`` real `flava-node` processes on 127.0.0.1
+over a speaker-partitioned corpus (node 0 is the bootstrap), the last ``--byzantine`` of them
+with ``--attack``; run until every honest node has spent its privacy budget (then ``--linger``
+seconds more of merging), or ``--seconds`` at most; report the honest nodes' mean and worst
+held-out accuracy next to the attack-free run with the same defence.
 
     .venv/bin/python scripts/byzantine_demo.py --corpus data/synth --nodes 16 --byzantine 4 \\
-        --attacks alie sign_flip scaling --aggregations clipped mean --seconds 240
+        --attacks alie sign_flip scaling --aggregations clipped mean \\
+        --set privacy.target_epsilon=200 --set privacy.planned_steps=300 --out runs/byz.json
 """
 
 from __future__ import annotations
@@ -21,33 +23,50 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_cluster import Cluster, prepare
+from local_cluster import Cluster, parse_sets, prepare
 
 
 def run_cell(
-    corpus: Path, root: Path, n: int, byz: int, attack: str | None, aggregation: str, seconds: float
+    args: argparse.Namespace, attack: str | None, aggregation: str, sets: dict[str, Any]
 ) -> dict[str, Any]:
     """One run; returns honest accuracies."""
+    root, n = Path(args.root), args.nodes
     shutil.rmtree(root, ignore_errors=True)
-    homes = prepare(corpus, root, n, overrides={"gossip": {"aggregation": aggregation}})
-    cluster = Cluster(homes)
-    attackers = set(range(n - byz, n)) if attack else set()
+    overrides = {**sets, "gossip": {**sets.get("gossip", {}), "aggregation": aggregation}}
+    cluster = Cluster(prepare(Path(args.corpus), root, n, overrides=overrides))
+    attackers = set(range(n - args.byzantine, n)) if attack else set()
+    honest = [i for i in range(n) if i not in attackers]
+    start = time.time()
     try:
         cluster.start_all(dict.fromkeys(attackers, attack) if attack else None)
-        time.sleep(seconds)
-        accs = []
-        for i in range(n):
-            if i in attackers:
-                continue
-            acc = cluster.status(i)["accuracy"]
-            accs.append(acc["accuracy"] if acc else 0.0)
+        started = time.time()
+        done_at = None
+        while time.time() - started < args.seconds:
+            time.sleep(5)
+            spent = all(
+                cluster.status(i)["privacy"]["budget"] == "budget_exhausted" for i in honest
+            )
+            if spent and done_at is None:
+                done_at = time.time()
+            if done_at is not None and time.time() - done_at >= args.linger:
+                break
+        statuses = {i: cluster.status(i) for i in honest}
     finally:
         cluster.stop_all()
+    accs = [(s["accuracy"] or {}).get("accuracy", 0.0) for s in statuses.values()]
+    eps = [s["privacy"]["example_level"]["epsilon"] for s in statuses.values()]
     return {
         "attack": attack or "none",
         "aggregation": aggregation,
+        "nodes": n,
+        "byzantine": len(attackers),
         "honest_mean_accuracy": sum(accs) / len(accs),
         "honest_worst_accuracy": min(accs),
+        "honest_accuracies": accs,
+        "epsilon_max": max(eps),
+        "rounds_mean": sum(s["round"] for s in statuses.values()) / len(statuses),
+        "budgets_spent": done_at is not None,
+        "wall_seconds": round(time.time() - start, 1),
     }
 
 
@@ -60,30 +79,38 @@ def main() -> int:
     parser.add_argument("--byzantine", type=int, default=4)
     parser.add_argument("--attacks", nargs="+", default=["alie", "sign_flip", "scaling"])
     parser.add_argument("--aggregations", nargs="+", default=["clipped", "mean"])
-    parser.add_argument("--seconds", type=float, default=240)
+    parser.add_argument("--seconds", type=float, default=900, help="cap per cell after start")
+    parser.add_argument(
+        "--linger", type=float, default=20, help="merging time after budgets are spent"
+    )
     parser.add_argument("--root", default="runs/byzantine")
+    parser.add_argument("--out", default=None, help="also write the JSON rows here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="node.yaml override for every node, e.g. --set privacy.target_epsilon=200",
+    )
     args = parser.parse_args()
+    sets = parse_sets(args.set)
     rows = []
     for agg in args.aggregations:
-        base = run_cell(Path(args.corpus), Path(args.root), args.nodes, 0, None, agg, args.seconds)
+        base = run_cell(args, None, agg, sets)
         rows.append(base)
-        print(json.dumps(base), file=sys.stderr)
+        print(json.dumps(base), file=sys.stderr, flush=True)
         for attack in args.attacks:
-            row = run_cell(
-                Path(args.corpus),
-                Path(args.root),
-                args.nodes,
-                args.byzantine,
-                attack,
-                agg,
-                args.seconds,
-            )
+            row = run_cell(args, attack, agg, sets)
             row["fraction_of_attack_free"] = row["honest_mean_accuracy"] / max(
                 base["honest_mean_accuracy"], 1e-9
             )
             rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
-    print(json.dumps(rows, indent=1))
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    text = json.dumps(rows, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 
