@@ -68,7 +68,11 @@ class Send:
 
 @dataclass(frozen=True)
 class PeerJoined:
-    """A new peer entered the view."""
+    """A peer entered the view for the first time, or again after it left (dead/graylisted).
+
+    Cyclon's shuffles rotate peers out of the view and back all the time; those rotations are
+    not reported, so an operator's log shows real arrivals only.
+    """
 
     peer: bytes
 
@@ -184,6 +188,7 @@ class NodeCore:
         self._sends: list[Send] = []
         self._rx_addr: Addr | None = None
         self._introduced: dict[bytes, float] = {}
+        self._announced: set[bytes] = set()  # peers reported by PeerJoined and not gone since
         self._events: list[Event] = []
         self._now = 0.0
         self._next_gossip = self._next_shuffle = self._next_ping = self._next_boot = 0.0
@@ -456,8 +461,8 @@ class NodeCore:
     def _learn(self, desc: PeerDescriptor) -> None:
         if self.scores.is_graylisted(desc.peer_id, self._now):
             return
-        new = desc.peer_id not in self.view
-        if self.view.add(desc) and new:
+        if self.view.add(desc) and desc.peer_id not in self._announced:
+            self._announced.add(desc.peer_id)
             self._events.append(PeerJoined(desc.peer_id))
 
     # ------------------------------------------------------------------ periodic work
@@ -555,6 +560,7 @@ class NodeCore:
         if reason == "dead":
             self._dead_until[peer] = self._now + 10 * self.cfg.shuffle_period_s
         self.view.remove(peer)
+        self._announced.discard(peer)
         self.liveness.forget(peer)
         self._inbox.pop(peer, None)
         self._events.append(PeerLeft(peer, reason))
