@@ -350,3 +350,30 @@ class TestSlowTraining:
         core.local_update(trained, 10, DpInfo(None, None), 1.0, base=base)
         assert np.array_equal(core.model, trained)
         assert "merged_during_training" not in core.counters
+
+
+def test_inflated_sample_count_is_capped() -> None:
+    """A peer claiming 10⁹ examples gets at most twice the median claim's weight in a merge."""
+    import random
+
+    from flava_p2p.protocol.node import _Received
+
+    # Prepare: own model and two honest peers at 0 (180 examples each), an inflater at 100.
+    core = NodeCore(
+        Identity.from_seed(b"c" * 32),
+        network_id="t",
+        genesis=np.zeros(DIM, np.float32),
+        schema=SCHEMA,
+        gossip=FAST,
+        rng=random.Random(0),
+    )
+    core.start(0.0)
+    core.sample_count = 180
+    zeros, far = np.zeros(DIM, np.float32), np.full(DIM, 100.0, np.float32)
+    core._inbox = {b"h1": _Received(zeros, 180, 0), b"h2": _Received(zeros, 180, 0)}
+    core._inbox[b"byz"] = _Received(far, 10**9, 0)
+    # Execute: the next gossip round merges with the (non-robust) mean.
+    core.timer(core._next_gossip)
+    # Assert: weight 360 of 900 → 40 (uncapped it would be ≈ 100).
+    np.testing.assert_allclose(core.model, np.full(DIM, 40.0), rtol=1e-5)
+    assert core.counters["sample_count_capped"] == 1

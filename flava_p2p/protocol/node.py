@@ -477,7 +477,9 @@ class NodeCore:
             models = np.stack([fresh[p].model for p in peers])
             ages = [max(0, self.round - fresh[p].round) for p in peers]
             weights = staleness_weights(
-                [max(fresh[p].samples, 1) for p in peers], ages, self.cfg.staleness_half_life
+                self._capped_samples([fresh[p].samples for p in peers]),
+                ages,
+                self.cfg.staleness_half_life,
             )
             dist = np.linalg.norm(models - self.model, axis=1)
             self._flag_outliers(peers, dist, now)
@@ -491,6 +493,18 @@ class NodeCore:
         self.round += 1
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
         self._events.append(TrainRequest(self.round))
+
+    def _capped_samples(self, claimed: list[int]) -> list[int]:
+        """Sample counts are a peer's claim: cap each at twice the median claim (own included).
+
+        Otherwise one Byzantine peer claiming 10⁹ examples takes nearly all the weight of every
+        merge; with a majority of honest inputs the median is an honest count.
+        """
+        cap = 2 * float(np.median([max(self.sample_count, 1), *claimed]))
+        out = [max(1, min(c, int(cap))) for c in claimed]
+        if any(c > int(cap) for c in claimed):
+            self._count("sample_count_capped")
+        return out
 
     def _flag_outliers(self, peers: list[bytes], dist: npt.NDArray[np.float32], now: float) -> None:
         """Peers much farther from us than the typical recent neighbour lose score."""
