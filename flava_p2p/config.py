@@ -148,6 +148,12 @@ class GossipConfig(_Strict):
     """Deltas more than this many rounds behind ours are dropped."""
     staleness_half_life: float = Field(default=4.0, gt=0)
     """A delta this many rounds old weighs half as much when merging."""
+    opposed_cosine: float | None = Field(default=-0.2, ge=-1, le=1)
+    """Received models whose change since genesis points *against* ours (cosine below this)
+    are not merged and count against their sender: sign-flip and inner-product-manipulation
+    attackers send exactly such models, and clipping alone only bounds their pull. Honest
+    models of the same task point the same way (random directions in thousands of dimensions
+    have |cosine| ≈ 0). null: off (e.g. for a plain-mean baseline)."""
 
 
 FeatureKind = Literal["logmel", "mfcc"]

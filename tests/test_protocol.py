@@ -377,3 +377,45 @@ def test_inflated_sample_count_is_capped() -> None:
     # Assert: weight 360 of 900 → 40 (uncapped it would be ≈ 100).
     np.testing.assert_allclose(core.model, np.full(DIM, 40.0), rtol=1e-5)
     assert core.counters["sample_count_capped"] == 1
+
+
+class TestOpposedModels:
+    def _core(self, threshold: float | None) -> NodeCore:
+        import random
+
+        gossip = FAST.model_copy(update={"opposed_cosine": threshold})
+        core = NodeCore(
+            Identity.from_seed(b"o" * 32),
+            network_id="t",
+            genesis=np.zeros(DIM, np.float32),
+            schema=SCHEMA,
+            gossip=gossip,
+            rng=random.Random(0),
+        )
+        core.start(0.0)
+        core.sample_count = 100
+        return core
+
+    def _merge(self, core: NodeCore) -> None:
+        from flava_p2p.protocol.node import _Received
+
+        rng = np.random.default_rng(0)
+        learnt = rng.normal(size=DIM).astype(np.float32)
+        core.model = learnt.copy()
+        honest = learnt + 0.3 * rng.normal(size=DIM).astype(np.float32)
+        core._inbox = {b"honest": _Received(honest, 100, 0), b"flip": _Received(-learnt, 100, 0)}
+        core.timer(core._next_gossip)
+
+    def test_sign_flipped_model_is_not_merged(self) -> None:
+        """A model on the far side of the genesis is dropped and charged; the honest one merged."""
+        core = self._core(-0.2)
+        self._merge(core)
+        assert set(core.last_inputs) == {b"honest"}
+        assert core.counters["penalty_opposed"] == 1
+
+    def test_check_can_be_turned_off(self) -> None:
+        """With opposed_cosine: null both models are merged (plain baselines)."""
+        core = self._core(None)
+        self._merge(core)
+        assert set(core.last_inputs) == {b"honest", b"flip"}
+        assert "penalty_opposed" not in core.counters

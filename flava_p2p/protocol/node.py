@@ -471,6 +471,8 @@ class NodeCore:
             p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
         }
         self._inbox.clear()
+        if fresh and self.cfg.opposed_cosine is not None:
+            fresh = self._drop_opposed(fresh, self.cfg.opposed_cosine, now)
         self.last_inputs = {p: r.model for p, r in fresh.items()}
         if fresh:
             peers = sorted(fresh)
@@ -493,6 +495,24 @@ class NodeCore:
         self.round += 1
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
         self._events.append(TrainRequest(self.round))
+
+    def _drop_opposed(
+        self, fresh: dict[bytes, _Received], threshold: float, now: float
+    ) -> dict[bytes, _Received]:
+        """Keep received models whose change since genesis does not point against our own."""
+        own = (self.model - self.genesis).astype(np.float64)
+        own_norm = float(np.linalg.norm(own))
+        if own_norm == 0.0:  # nothing learnt yet: no direction to compare with
+            return fresh
+        kept = {}
+        for peer, r in fresh.items():
+            delta = (r.model - self.genesis).astype(np.float64)
+            norm = float(np.linalg.norm(delta))
+            if norm > 0 and float(delta @ own) / (norm * own_norm) < threshold:
+                self._penalize(peer, "opposed", now)
+                continue
+            kept[peer] = r
+        return kept
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
         """Sample counts are a peer's claim: cap each at twice the median claim (own included).

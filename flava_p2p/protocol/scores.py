@@ -22,6 +22,7 @@ PENALTIES: dict[str, float] = {
     "reassembly_cap": 1.0,
     "reassembly_timeout": 0.2,
     "outlier": 1.0,
+    "opposed": 1.0,
     "flood": 10.0,
 }
 
