@@ -5,7 +5,8 @@ For each (aggregation, attack) cell, start ``--nodes`` real `flava-node` process
 over a speaker-partitioned corpus (node 0 is the bootstrap), the last ``--byzantine`` of them
 with ``--attack``; run until every honest node has spent its privacy budget (then ``--linger``
 seconds more of merging), or ``--seconds`` at most; report the honest nodes' mean and worst
-held-out accuracy next to the attack-free run with the same defence.
+held-out accuracy next to the attack-free run with the same defence. ``mean`` cells run with
+``gossip.opposed_cosine: null`` (no defence at all); the others keep the node's defaults.
 
     .venv/bin/python scripts/byzantine_demo.py --corpus data/synth --nodes 16 --byzantine 4 \\
         --attacks alie sign_flip scaling --aggregations clipped mean \\
@@ -32,7 +33,10 @@ def run_cell(
     """One run; returns honest accuracies."""
     root, n = Path(args.root), args.nodes
     shutil.rmtree(root, ignore_errors=True)
-    overrides = {**sets, "gossip": {**sets.get("gossip", {}), "aggregation": aggregation}}
+    gossip = {**sets.get("gossip", {}), "aggregation": aggregation}
+    if aggregation == "mean":
+        gossip["opposed_cosine"] = None  # plain mean: no defence at all, the true baseline
+    overrides = {**sets, "gossip": gossip}
     cluster = Cluster(prepare(Path(args.corpus), root, n, overrides=overrides))
     attackers = set(range(n - args.byzantine, n)) if attack else set()
     honest = [i for i in range(n) if i not in attackers]
