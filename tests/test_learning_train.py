@@ -107,6 +107,24 @@ class TestTrainer:
         assert any(e["event"] == "privacy budget exhausted; refusing to train" for e in logs)
         assert t.ledger is not None and t.ledger.epsilon <= 8.0 + 0.02
 
+    def test_ema_weights_average_the_iterates_at_no_privacy_cost(
+        self, train_set: FeatureSet
+    ) -> None:
+        """With ema_decay the averaged weights lie between the start and the last iterate and
+        the ledger is exactly that of the same run without averaging."""
+        plain, ema = make_trainer(train_set), make_trainer(train_set, ema_decay=0.5)
+        start = ema.get_flat()
+        plain.train(6)
+        ema.train(6)
+        last = ema.get_flat()
+        np.testing.assert_array_equal(last, plain.get_flat())  # averaging never feeds back
+        ema.use_ema_weights()
+        averaged = ema.get_flat()
+        assert not np.allclose(averaged, last)
+        assert np.linalg.norm(averaged - start) < np.linalg.norm(last - start)
+        assert ema.ledger is not None and plain.ledger is not None
+        assert ema.ledger.epsilon == plain.ledger.epsilon
+
     def test_prv_accountant(self, train_set: FeatureSet) -> None:
         """The PRV accountant also plans σ and reports ε."""
         t = LocalTrainer(
