@@ -148,6 +148,10 @@ class GossipConfig(_Strict):
     """Deltas more than this many rounds behind ours are dropped."""
     staleness_half_life: float = Field(default=4.0, gt=0)
     """A delta this many rounds old weighs half as much when merging."""
+    max_norm_ratio: float | None = Field(default=3.0, gt=1)
+    """Received models whose change since genesis is more than this many times the median
+    change (own and this round's received models) are not merged and count against their
+    sender: scaling / model-replacement attacks. null: off."""
     opposed_cosine: float | None = Field(default=-0.2, ge=-1, le=1)
     """Received models whose change since genesis points *against* ours (cosine below this)
     are not merged and count against their sender: sign-flip and inner-product-manipulation

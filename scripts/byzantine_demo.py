@@ -6,7 +6,8 @@ over a speaker-partitioned corpus (node 0 is the bootstrap), the last ``--byzant
 with ``--attack``; run until every honest node has spent its privacy budget (then ``--linger``
 seconds more of merging), or ``--seconds`` at most; report the honest nodes' mean and worst
 held-out accuracy next to the attack-free run with the same defence. ``mean`` cells run with
-``gossip.opposed_cosine: null`` (no defence at all); the others keep the node's defaults.
+``gossip.opposed_cosine`` and ``gossip.max_norm_ratio`` null (no defence at all); the others
+keep the node's defaults.
 
     .venv/bin/python scripts/byzantine_demo.py --corpus data/synth --nodes 16 --byzantine 4 \\
         --attacks alie sign_flip scaling --aggregations clipped mean \\
@@ -35,7 +36,8 @@ def run_cell(
     shutil.rmtree(root, ignore_errors=True)
     gossip = {**sets.get("gossip", {}), "aggregation": aggregation}
     if aggregation == "mean":
-        gossip["opposed_cosine"] = None  # plain mean: no defence at all, the true baseline
+        # Plain mean: no screening either, the true undefended baseline.
+        gossip.update(opposed_cosine=None, max_norm_ratio=None)
     overrides = {**sets, "gossip": gossip}
     cluster = Cluster(prepare(Path(args.corpus), root, n, overrides=overrides))
     attackers = set(range(n - args.byzantine, n)) if attack else set()

@@ -379,11 +379,11 @@ def test_inflated_sample_count_is_capped() -> None:
     assert core.counters["sample_count_capped"] == 1
 
 
-class TestOpposedModels:
-    def _core(self, threshold: float | None) -> NodeCore:
+class TestScreening:
+    def _core(self, threshold: float | None, ratio: float | None = 3.0) -> NodeCore:
         import random
 
-        gossip = FAST.model_copy(update={"opposed_cosine": threshold})
+        gossip = FAST.model_copy(update={"opposed_cosine": threshold, "max_norm_ratio": ratio})
         core = NodeCore(
             Identity.from_seed(b"o" * 32),
             network_id="t",
@@ -419,3 +419,35 @@ class TestOpposedModels:
         self._merge(core)
         assert set(core.last_inputs) == {b"honest", b"flip"}
         assert "penalty_opposed" not in core.counters
+
+    def test_scaled_model_is_not_merged(self) -> None:
+        """A model moved 10x as far from genesis as the others is dropped and charged; with
+        max_norm_ratio: null it is merged."""
+        from flava_p2p.protocol.node import _Received
+
+        rng = np.random.default_rng(1)
+        learnt = rng.normal(size=DIM).astype(np.float32)
+        for ratio, expected in ((3.0, {b"honest"}), (None, {b"honest", b"scaled"})):
+            core = self._core(None, ratio)
+            core.model = learnt.copy()
+            core._inbox = {
+                b"honest": _Received(learnt * np.float32(1.2), 100, 0),
+                b"scaled": _Received(learnt * np.float32(10), 100, 0),
+            }
+            core.timer(core._next_gossip)
+            assert set(core.last_inputs) == expected
+            assert ("penalty_norm_bound" in core.counters) == (ratio is not None)
+
+    def test_a_fresh_node_accepts_trained_peers(self) -> None:
+        """A node still at the genesis merges its peers' trained models (no false alarms)."""
+        from flava_p2p.protocol.node import _Received
+
+        core = self._core(-0.2, 3.0)
+        rng = np.random.default_rng(2)
+        core._inbox = {
+            bytes([i]): _Received(rng.normal(size=DIM).astype(np.float32), 100, 0)
+            for i in range(3)
+        }
+        core.timer(core._next_gossip)
+        assert len(core.last_inputs) == 3
+        assert not any(k.startswith("penalty_") for k in core.counters)

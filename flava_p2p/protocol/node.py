@@ -471,8 +471,8 @@ class NodeCore:
             p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
         }
         self._inbox.clear()
-        if fresh and self.cfg.opposed_cosine is not None:
-            fresh = self._drop_opposed(fresh, self.cfg.opposed_cosine, now)
+        if fresh:
+            fresh = self._screen(fresh, now)
         self.last_inputs = {p: r.model for p, r in fresh.items()}
         if fresh:
             peers = sorted(fresh)
@@ -496,22 +496,36 @@ class NodeCore:
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
         self._events.append(TrainRequest(self.round))
 
-    def _drop_opposed(
-        self, fresh: dict[bytes, _Received], threshold: float, now: float
-    ) -> dict[bytes, _Received]:
-        """Keep received models whose change since genesis does not point against our own."""
+    def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
+        """Drop received models no honest peer of this task would send, charging the sender.
+
+        Both tests compare changes since the shared genesis, which is what training moves:
+        a change far larger than the median one (scaling, model replacement) or pointing
+        against ours (sign-flip, inner-product manipulation). Clipping bounds each survivor.
+        """
+        ratio, cosine = self.cfg.max_norm_ratio, self.cfg.opposed_cosine
+        if ratio is None and cosine is None:
+            return fresh
         own = (self.model - self.genesis).astype(np.float64)
         own_norm = float(np.linalg.norm(own))
-        if own_norm == 0.0:  # nothing learnt yet: no direction to compare with
-            return fresh
+        deltas = {p: (r.model - self.genesis).astype(np.float64) for p, r in fresh.items()}
+        norms = {p: float(np.linalg.norm(d)) for p, d in deltas.items()}
+        # With an honest majority among own + received, the median change is an honest one.
+        typical = float(np.median([own_norm, *norms.values()]))
         kept = {}
         for peer, r in fresh.items():
-            delta = (r.model - self.genesis).astype(np.float64)
-            norm = float(np.linalg.norm(delta))
-            if norm > 0 and float(delta @ own) / (norm * own_norm) < threshold:
+            norm = norms[peer]
+            if ratio is not None and typical > 0 and norm > ratio * typical:
+                self._penalize(peer, "norm_bound", now)
+            elif (
+                cosine is not None
+                and own_norm > 0  # nothing learnt yet: no direction to compare with
+                and norm > 0
+                and float(deltas[peer] @ own) / (norm * own_norm) < cosine
+            ):
                 self._penalize(peer, "opposed", now)
-                continue
-            kept[peer] = r
+            else:
+                kept[peer] = r
         return kept
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:

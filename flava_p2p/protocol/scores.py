@@ -23,6 +23,7 @@ PENALTIES: dict[str, float] = {
     "reassembly_timeout": 0.2,
     "outlier": 1.0,
     "opposed": 1.0,
+    "norm_bound": 1.0,
     "flood": 10.0,
 }
 
