@@ -91,13 +91,18 @@ def scaling(ctx: AttackContext, p: dict[str, float]) -> Vec:
     return ctx.genesis + p["factor"] * (ctx.own - ctx.genesis)
 
 
-@_register("alie", z=0.0)
+@_register("alie", z=0.0, f=0.0)
 def alie(ctx: AttackContext, p: dict[str, float]) -> Vec:
-    """A Little Is Enough (Baruch et al. 2019): μ − z·σ per coordinate, z from n and f."""
+    """A Little Is Enough (Baruch et al. 2019): μ − z·σ per coordinate, z from n and f.
+
+    ``z`` > 0 fixes z; otherwise it is the paper's z_max for n nodes of which f are Byzantine,
+    with f from ``f`` (a real attacker knows its colluders; the node cannot) or the simulator.
+    """
     mu, sigma = _honest_stats(ctx)
     z = p["z"]
-    if z <= 0:  # the paper's z_max for n nodes, f of them Byzantine
-        n, f = ctx.n_honest + ctx.n_byzantine, ctx.n_byzantine
+    if z <= 0:
+        n = ctx.n_honest + ctx.n_byzantine
+        f = min(int(p["f"]), n - 1) if p["f"] > 0 else ctx.n_byzantine
         s = n // 2 + 1 - f
         z = NormalDist().inv_cdf(min(0.999, max(0.5, (n - s) / n)))
     return mu - z * sigma
@@ -191,7 +196,8 @@ def make_attack_hook(
     """A :attr:`NodeCore.outgoing_hook` that replaces what the node sends with ``spec``'s choice.
 
     The attacker trains honestly; what it *sends* is decided per recipient from its own model,
-    the genesis model and what it heard last round. ``n_honest`` defaults to the view size.
+    the genesis model and what it heard last round. ``n_honest`` defaults to what a real node
+    can see: its view plus itself, minus the ``n_byzantine`` it is told about.
     """
 
     def hook(core: NodeCore, peer: bytes, model: Vec) -> Vec | None:
@@ -202,7 +208,9 @@ def make_attack_hook(
             recipient=peer,
             recipient_model=core.last_inputs.get(peer),
             rng=rng,
-            n_honest=n_honest if n_honest is not None else max(1, len(core.view)),
+            n_honest=(
+                n_honest if n_honest is not None else max(1, len(core.view) + 1 - n_byzantine)
+            ),
             n_byzantine=n_byzantine,
         )
         return apply_model_attack(spec, ctx)

@@ -1,0 +1,73 @@
+"""Byzantine behaviours: what each model attack sends, and spec parsing."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from flava_p2p.attacks import AttackContext, AttackError, apply_model_attack, parse_attack
+
+
+def ctx(n_honest: int = 12, n_byzantine: int = 4) -> AttackContext:
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=8).astype(np.float32)
+    received = [own + rng.normal(size=8).astype(np.float32) for _ in range(3)]
+    return AttackContext(
+        own=own,
+        genesis=np.zeros(8, np.float32),
+        received=received,
+        recipient=b"\x02",
+        recipient_model=None,
+        rng=rng,
+        n_honest=n_honest,
+        n_byzantine=n_byzantine,
+    )
+
+
+class TestModelAttacks:
+    def test_sign_flip_reflects_through_genesis(self) -> None:
+        """sign_flip sends genesis − (own − genesis)."""
+        c = ctx()
+        out = apply_model_attack(parse_attack("sign_flip"), c)
+        np.testing.assert_allclose(out, -c.own)
+
+    def test_scaling_multiplies_the_change(self) -> None:
+        """scaling:factor=10 sends genesis + 10·(own − genesis)."""
+        c = ctx()
+        out = apply_model_attack(parse_attack("scaling:factor=10"), c)
+        np.testing.assert_allclose(out, 10 * c.own, rtol=1e-6)
+
+    def test_alie_uses_the_papers_z_for_n_and_f(self) -> None:
+        """With 16 nodes of which 4 Byzantine, z = Φ⁻¹((n − s)/n), s = ⌊n/2⌋ + 1 − f."""
+        c = ctx(12, 4)
+        pool = np.stack([*c.received, c.own])
+        z = NormalDist().inv_cdf((16 - (16 // 2 + 1 - 4)) / 16)
+        out = apply_model_attack(parse_attack("alie"), c)
+        np.testing.assert_allclose(out, pool.mean(0) - z * pool.std(0), rtol=1e-5)
+        assert 0.45 < z < 0.5
+
+    def test_alie_f_parameter_for_real_nodes(self) -> None:
+        """A real attacker told f=4 in a 16-node network attacks like the simulator's."""
+        sim = apply_model_attack(parse_attack("alie"), ctx(12, 4))
+        real = apply_model_attack(parse_attack("alie:f=4"), ctx(15, 1))  # view 15 + itself
+        np.testing.assert_allclose(real, sim)
+
+    def test_alie_lone_attacker_has_z_zero(self) -> None:
+        """The paper's z for f = 1 of 16 is 0 (it sends the mean): testers pass alie:f=K."""
+        out = apply_model_attack(parse_attack("alie"), ctx(15, 1))
+        c = ctx(15, 1)
+        np.testing.assert_allclose(out, np.stack([*c.received, c.own]).mean(0), rtol=1e-6)
+
+
+class TestSpecs:
+    def test_unknown_attack_lists_the_valid_ones(self) -> None:
+        """A typo names every valid attack."""
+        with pytest.raises(AttackError, match="sign_flip"):
+            parse_attack("signflip")
+
+    def test_unknown_parameter_lists_the_allowed_ones(self) -> None:
+        """A bad parameter names the allowed ones."""
+        with pytest.raises(AttackError, match="allowed: f, z"):
+            parse_attack("alie:q=1")
