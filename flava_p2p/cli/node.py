@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  flava-node run --data ~/speech --bootstrap /ip4/192.0.2.7/udp/7946/p2p/12D3KooW...\n"
             "  flava-node run --home /tmp/n2 --listen /ip4/127.0.0.1/udp/0 --api-port 0\n"
-            "  flava-node run --attack alie            (testers: behave as a Byzantine peer)\n"
-            "attacks: sign_flip[:scale=1] gaussian[:sigma=1] scaling[:factor=10] alie[:z=...]\n"
+            "  flava-node run --attack alie:f=4        (testers: one of 4 colluding ALIE peers)\n"
+            "attacks: sign_flip[:scale=1] gaussian[:sigma=1] scaling[:factor=10]\n"
+            "  alie[:f=colluders|:z=...] (z from the network size and f, Baruch et al.)\n"
             "  ipm[:epsilon=0.5] free_rider dissensus[:epsilon=1] equivocation label_flip\n"
             "  replay[:rate=20] garbage[:rate=20] flood[:rate=0 (max)]"
         ),
