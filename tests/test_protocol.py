@@ -28,11 +28,17 @@ def build(
     loss: float = 0.0,
     targets: np.ndarray | None = None,
 ) -> VirtualNetwork:
-    """n nodes that all know only node 0; toy learner pulls each node toward its target."""
+    """n nodes that all know only node 0; toy learner pulls each node toward its target.
+
+    Default targets share a common part (one task) plus a per-node part (non-IID data), as
+    honest nodes' optima do; independent random targets in 16 dimensions would often point
+    against each other and (rightly) trip the opposed-direction screen.
+    """
     import random
 
     rng = np.random.default_rng(seed)
-    goal = targets if targets is not None else rng.normal(size=(n, DIM)).astype(np.float32)
+    shared = rng.normal(size=DIM) + 0.5 * rng.normal(size=(n, DIM))
+    goal = targets if targets is not None else shared.astype(np.float32)
 
     def learner(i: int, model: np.ndarray) -> tuple[np.ndarray, int, DpInfo]:
         return model + 0.3 * (goal[i] - model), 10, DpInfo(None, None)
@@ -133,17 +139,21 @@ class TestFaults:
         assert node.counters.get("dropped_graylisted_addr", 0) > 0
         assert any(isinstance(e, Graylisted) for _, i, e in net.events if i == 0)
 
-    def test_byzantine_outlier_is_clipped_and_penalised(self) -> None:
-        """A peer sending huge models barely moves honest nodes under self-centred clipping."""
-        gossip = FAST.model_copy(update={"aggregation": "clipped"})
-        targets = np.zeros((6, DIM), np.float32)
+    @pytest.mark.parametrize("norm_bound", [3.0, None])
+    def test_byzantine_outlier_is_clipped_and_penalised(self, norm_bound: float | None) -> None:
+        """A peer sending huge models barely moves honest nodes: dropped by the norm bound
+        (or, with the bound off, clipped), and charged either way."""
+        gossip = FAST.model_copy(update={"aggregation": "clipped", "max_norm_ratio": norm_bound})
+        # Honest nodes disagree a little, so "typical distance" is a real, nonzero scale.
+        targets = 0.1 * np.random.default_rng(2).normal(size=(6, DIM)).astype(np.float32)
         net = build(6, gossip=gossip, targets=targets)
         evil = net.nodes[5]
         evil.outgoing_hook = lambda core, peer, model: model + 1e4
         net.run_until(30.0)
         honest = np.stack([n.model for n in net.nodes[:5]])
         assert np.abs(honest).max() < 1e3  # clipping kept them far from +1e4
-        assert sum(n.counters.get("penalty_outlier", 0) for n in net.nodes[:5]) > 0
+        charged = ("penalty_outlier", "penalty_norm_bound")
+        assert sum(n.counters.get(k, 0) for n in net.nodes[:5] for k in charged) > 0
 
     def test_wrong_schema_delta_rejected(self) -> None:
         """A node with another schema hash cannot inject its deltas."""
@@ -401,7 +411,7 @@ class TestScreening:
 
         rng = np.random.default_rng(0)
         learnt = rng.normal(size=DIM).astype(np.float32)
-        core.model = learnt.copy()
+        core.local_update(learnt, 100, DpInfo(None, None), 0.0)  # own training: genesis → learnt
         honest = learnt + 0.3 * rng.normal(size=DIM).astype(np.float32)
         core._inbox = {b"honest": _Received(honest, 100, 0), b"flip": _Received(-learnt, 100, 0)}
         core.timer(core._next_gossip)
@@ -419,6 +429,19 @@ class TestScreening:
         self._merge(core)
         assert set(core.last_inputs) == {b"honest", b"flip"}
         assert "penalty_opposed" not in core.counters
+
+    def test_a_dragged_node_still_knows_which_way_is_honest(self) -> None:
+        """The direction reference is the node's own training, not its model: a node already
+        pulled past the genesis keeps merging honest models and refusing the flipped ones."""
+        from flava_p2p.protocol.node import _Received
+
+        core = self._core(-0.2)
+        learnt = np.random.default_rng(3).normal(size=DIM).astype(np.float32)
+        core.local_update(learnt, 100, DpInfo(None, None), 0.0)
+        core.model = -0.5 * learnt  # captured: dragged through the genesis by attackers
+        core._inbox = {b"honest": _Received(learnt, 100, 0), b"flip": _Received(-learnt, 100, 0)}
+        core.timer(core._next_gossip)
+        assert set(core.last_inputs) == {b"honest"}
 
     def test_scaled_model_is_not_merged(self) -> None:
         """A model moved 10x as far from genesis as the others is dropped and charged; with
@@ -445,8 +468,7 @@ class TestScreening:
         core = self._core(-0.2, 3.0)
         rng = np.random.default_rng(2)
         core._inbox = {
-            bytes([i]): _Received(rng.normal(size=DIM).astype(np.float32), 100, 0)
-            for i in range(3)
+            bytes([i]): _Received(rng.normal(size=DIM).astype(np.float32), 100, 0) for i in range(3)
         }
         core.timer(core._next_gossip)
         assert len(core.last_inputs) == 3

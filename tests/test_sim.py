@@ -232,7 +232,8 @@ class TestByzantine:
         byz = {"fraction": 0.25, "attack": attack}
         clean = run_scenario(scenario(**over, byzantine={"attack": "none"}))
         clipped = run_scenario(scenario(**over, byzantine=byz))
-        mean = run_scenario(scenario(**over, byzantine=byz, gossip={"aggregation": "mean"}))
+        plain = {"aggregation": "mean", "opposed_cosine": None, "max_norm_ratio": None}
+        mean = run_scenario(scenario(**over, byzantine=byz, gossip=plain))
         base = clean["final"]["honest_worst_acc"]
         assert clipped["final"]["honest_worst_acc"] >= base - 0.1
         assert mean["final"]["honest_worst_acc"] < base - 0.15

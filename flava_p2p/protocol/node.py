@@ -158,6 +158,9 @@ class NodeCore:
         self.round = 0
         self.sample_count = 0
         self.dp = DpInfo(None, None)
+        # Sum of this node's own training updates: where its *own data* says to go. Peers
+        # cannot move it, unlike the model itself (see _direction_reference).
+        self._own_progress = np.zeros(self.genesis.shape, dtype=np.float64)
         self.wire = wire or WireEndpoint(identity, network_id)
         self.wire.rejections.listener = self._on_reject
         self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng)
@@ -298,6 +301,8 @@ class NodeCore:
         """
         self._now = now
         trained = np.asarray(model, dtype=np.float32)
+        start = self.model if base is None else np.asarray(base, dtype=np.float32)
+        self._own_progress += trained - start
         if base is not None and not np.array_equal(self.model, base):
             trained = self.model + (trained - np.asarray(base, dtype=np.float32))
             self._count("merged_during_training")
@@ -499,19 +504,20 @@ class NodeCore:
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
         """Drop received models no honest peer of this task would send, charging the sender.
 
-        Both tests compare changes since the shared genesis, which is what training moves:
+        Both tests look at changes since the shared genesis, which is what training moves:
         a change far larger than the median one (scaling, model replacement) or pointing
         against ours (sign-flip, inner-product manipulation). Clipping bounds each survivor.
         """
         ratio, cosine = self.cfg.max_norm_ratio, self.cfg.opposed_cosine
         if ratio is None and cosine is None:
             return fresh
-        own = (self.model - self.genesis).astype(np.float64)
+        own = self._direction_reference()
         own_norm = float(np.linalg.norm(own))
         deltas = {p: (r.model - self.genesis).astype(np.float64) for p, r in fresh.items()}
         norms = {p: float(np.linalg.norm(d)) for p, d in deltas.items()}
         # With an honest majority among own + received, the median change is an honest one.
-        typical = float(np.median([own_norm, *norms.values()]))
+        model_norm = float(np.linalg.norm(self.model - self.genesis))
+        typical = float(np.median([model_norm, *norms.values()]))
         kept = {}
         for peer, r in fresh.items():
             norm = norms[peer]
@@ -519,7 +525,7 @@ class NodeCore:
                 self._penalize(peer, "norm_bound", now)
             elif (
                 cosine is not None
-                and own_norm > 0  # nothing learnt yet: no direction to compare with
+                and own_norm > 0  # not trained yet: no direction to compare with
                 and norm > 0
                 and float(deltas[peer] @ own) / (norm * own_norm) < cosine
             ):
@@ -527,6 +533,24 @@ class NodeCore:
             else:
                 kept[peer] = r
         return kept
+
+    def _direction_reference(self) -> npt.NDArray[np.float64]:
+        """Which way "forward" is for the opposed-direction test.
+
+        Normally our model's change since genesis. But a node that attackers already dragged
+        past the genesis would then see honest models as opposed and flipped ones as aligned,
+        and stay captured; its own training keeps pulling the other way, so when the model
+        points against the sum of our own training updates, that sum is the reference. (The
+        sum alone is not used always: near consensus it is dominated by the tug between our
+        data and the others', which points against every other honest node's deviation.)
+        """
+        model = (self.model - self.genesis).astype(np.float64)
+        progress = self._own_progress
+        m, p = float(np.linalg.norm(model)), float(np.linalg.norm(progress))
+        if m > 0 and p > 0 and float(model @ progress) / (m * p) < 0:
+            self._count("direction_from_own_training")
+            return progress
+        return model
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
         """Sample counts are a peer's claim: cap each at twice the median claim (own included).
