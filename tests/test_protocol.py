@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,21 @@ def build(
         net.add(core)
     net.start()
     return net
+
+
+def lone_core(seed: bytes, gossip: GossipConfig = FAST, **kwargs: Any) -> NodeCore:
+    """One NodeCore with a zero genesis, driven by hand (no network)."""
+    import random
+
+    return NodeCore(
+        Identity.from_seed(seed * (32 // len(seed))),
+        network_id="t",
+        genesis=np.zeros(DIM, np.float32),
+        schema=SCHEMA,
+        gossip=gossip,
+        rng=random.Random(seed[-1]),
+        **kwargs,
+    )
 
 
 class TestDiscovery:
@@ -278,18 +295,7 @@ class TestBeacons:
     GROUP = ("239.255.70.71", 7947)
 
     def _core(self, i: int) -> NodeCore:
-        import random
-
-        return NodeCore(
-            Identity.from_seed(bytes([7, i]) * 16),
-            network_id="t",
-            genesis=np.zeros(DIM, np.float32),
-            schema=SCHEMA,
-            gossip=FAST,
-            rng=random.Random(i),
-            advertised=[],
-            beacon=(self.GROUP, 2.0),
-        )
+        return lone_core(bytes([7, i]), advertised=[], beacon=(self.GROUP, 2.0))
 
     def test_beacons_introduce_nodes_without_replies(self) -> None:
         """A beacon heard on the group puts its sender in the view, asks no reply, and the
@@ -324,16 +330,7 @@ class TestBeacons:
 
 class TestSlowTraining:
     def _core(self) -> NodeCore:
-        import random
-
-        return NodeCore(
-            Identity.from_seed(b"s" * 32),
-            network_id="t",
-            genesis=np.zeros(DIM, np.float32),
-            schema=SCHEMA,
-            gossip=FAST,
-            rng=random.Random(0),
-        )
+        return lone_core(b"s")
 
     def test_merge_during_a_burst_is_kept(self) -> None:
         """A gossip round that merged peers' models while training ran is not overwritten:
@@ -364,19 +361,10 @@ class TestSlowTraining:
 
 def test_inflated_sample_count_is_capped() -> None:
     """A peer claiming 10⁹ examples gets at most twice the median claim's weight in a merge."""
-    import random
-
     from flava_p2p.protocol.node import _Received
 
     # Prepare: own model and two honest peers at 0 (180 examples each), an inflater at 100.
-    core = NodeCore(
-        Identity.from_seed(b"c" * 32),
-        network_id="t",
-        genesis=np.zeros(DIM, np.float32),
-        schema=SCHEMA,
-        gossip=FAST,
-        rng=random.Random(0),
-    )
+    core = lone_core(b"c")
     core.start(0.0)
     core.sample_count = 180
     zeros, far = np.zeros(DIM, np.float32), np.full(DIM, 100.0, np.float32)
@@ -391,17 +379,8 @@ def test_inflated_sample_count_is_capped() -> None:
 
 class TestScreening:
     def _core(self, threshold: float | None, ratio: float | None = 3.0) -> NodeCore:
-        import random
-
         gossip = FAST.model_copy(update={"opposed_cosine": threshold, "max_norm_ratio": ratio})
-        core = NodeCore(
-            Identity.from_seed(b"o" * 32),
-            network_id="t",
-            genesis=np.zeros(DIM, np.float32),
-            schema=SCHEMA,
-            gossip=gossip,
-            rng=random.Random(0),
-        )
+        core = lone_core(b"o", gossip)
         core.start(0.0)
         core.sample_count = 100
         return core
