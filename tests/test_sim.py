@@ -260,6 +260,27 @@ class TestScenarioFiles:
         else:
             load_config(path, Scenario)
 
+    def test_mapping_axis_sets_keys_together(self, tmp_path: Path) -> None:
+        """A grid axis of mappings sets several keys per value; its label names the run, and
+        the summary's defence says when the screens were off."""
+        from flava_p2p.sim.runner import defence_label
+        from flava_p2p.sim.sweep import expand
+
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text(
+            "scenario: {nodes: 4, learner.kind: synthetic}\n"
+            "grid:\n  defence:\n    - {gossip.aggregation: krum}\n"
+            "    - {label: plain, gossip.aggregation: mean, gossip.opposed_cosine: null,"
+            " gossip.max_norm_ratio: null}\n"
+        )
+        _, runs = expand(sweep)
+        labels = [label for label, _, _ in runs]
+        assert labels == ["defence=krum__seed=0", "defence=plain__seed=0"]
+        plain = runs[1][1]
+        assert (plain.gossip.aggregation, plain.gossip.opposed_cosine) == ("mean", None)
+        assert defence_label(runs[0][1]) == "krum"
+        assert defence_label(plain) == "mean (unscreened)"
+
     def test_sweep_report_has_heatmap_and_privacy_curve(self, tmp_path: Path) -> None:
         from flava_p2p.sim.sweep import run_sweep
 

@@ -72,7 +72,7 @@ def plot_heatmap(
     for (r, c), v in np.ndenumerate(grid):
         if not np.isnan(v):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k")
-    ax.set_xlabel("defence (aggregation)")
+    ax.set_xlabel("defence (merging rule; screens on unless marked)")
     ax.set_ylabel("attack")
     fig.colorbar(im, ax=ax, label="worst honest accuracy")
     fig.tight_layout()

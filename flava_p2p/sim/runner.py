@@ -344,6 +344,7 @@ class Simulation:
             "byzantine": sorted(self.byzantine),
             "attack": sc.byzantine.attack if self.byzantine else None,
             "aggregation": sc.gossip.aggregation,
+            "defence": defence_label(sc),
             "topology": sc.topology.kind,
             "learner": sc.learner.kind,
             "rounds": sc.rounds,
@@ -388,3 +389,14 @@ def run_scenario(
 ) -> dict[str, Any]:
     """Build and run one simulation (see :class:`Simulation`)."""
     return Simulation(scenario, seed).run(out_dir, progress)
+
+
+def defence_label(sc: Scenario) -> str:
+    """The merging rule, marked when the pre-merge screens (opposed direction, norm bound)
+    are not both at work: ``clipped``, ``mean (unscreened)``, ``mean (norm bound only)``."""
+    opposed, norm = sc.gossip.opposed_cosine is not None, sc.gossip.max_norm_ratio is not None
+    if opposed and norm:
+        return sc.gossip.aggregation
+    if not opposed and not norm:
+        return f"{sc.gossip.aggregation} (unscreened)"
+    return f"{sc.gossip.aggregation} ({'opposed check' if opposed else 'norm bound'} only)"

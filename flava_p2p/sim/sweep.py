@@ -9,6 +9,14 @@ A sweep file::
       privacy.epsilon: [1, 3, 8, null]     # null = no DP (ε = ∞)
       gossip.aggregation: [clipped, mean]
     seeds: [0]
+
+A grid axis whose values are mappings sets several keys at once; ``label`` names the value
+(default: the values joined by commas)::
+
+    grid:
+      defence:
+        - {label: clipped, gossip.aggregation: clipped}
+        - {label: plain-mean, gossip.aggregation: mean, gossip.opposed_cosine: null}
 """
 
 from __future__ import annotations
@@ -53,7 +61,20 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("label") or ",".join(_label(v) for v in value.values()))
     return "inf" if value is None else str(value)
+
+
+def _apply(data: dict[str, Any], key: str, value: Any) -> None:
+    """One grid value: a plain value for a dotted key, or a mapping of dotted keys (an axis
+    that sets several keys together, e.g. a rule and its screens)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k != "label":
+                set_dotted(data, k, v)
+    else:
+        set_dotted(data, key, value)
 
 
 def expand(path: str | Path) -> tuple[SweepSpec, list[tuple[str, Scenario, int]]]:
@@ -71,7 +92,7 @@ def expand(path: str | Path) -> tuple[SweepSpec, list[tuple[str, Scenario, int]]
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         data = json.loads(json.dumps(base))
         for k, v in zip(keys, combo, strict=True):
-            set_dotted(data, k, v)
+            _apply(data, k, v)
         label = "__".join(
             f"{k.split('.')[-1]}={_label(v)}" for k, v in zip(keys, combo, strict=True)
         )
@@ -153,6 +174,7 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                 "epsilon_max": s["privacy"]["epsilon_max"],
                 "attack": s["attack"] or "none",
                 "aggregation": s["aggregation"],
+                "defence": s.get("defence", s["aggregation"]),
                 "topology": s["topology"],
                 "nodes": s["nodes"],
                 "honest_mean_acc": s["final"]["honest_mean_acc"],
@@ -171,9 +193,9 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
         pts = [(r["epsilon_target"], r["honest_mean_acc"], r["honest_worst_acc"]) for r in rows]
         report["plots"].append(str(plot_privacy(pts, out / "privacy.png")))
     attacks = sorted({r["attack"] for r in rows})
-    defences = sorted({r["aggregation"] for r in rows})
+    defences = sorted({r["defence"] for r in rows})
     if len(attacks) > 1 or len(defences) > 1:
-        cells = {(r["attack"], r["aggregation"]): r["honest_worst_acc"] for r in rows}
+        cells = {(r["attack"], r["defence"]): r["honest_worst_acc"] for r in rows}
         report["matrix"] = _matrix(attacks, defences, cells)
         report["plots"].append(str(plot_heatmap(attacks, defences, cells, out / "heatmap.png")))
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
