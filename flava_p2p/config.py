@@ -153,12 +153,12 @@ class GossipConfig(_Strict):
     change (own and this round's received models) are not merged and count against their
     sender: scaling / model-replacement attacks. null: off."""
     opposed_cosine: float | None = Field(default=-0.2, ge=-1, le=1)
-    """Received models whose change since genesis points *against* ours (cosine below this;
-    if ours points against this node's own training updates, those are the reference) are
-    not merged and count against their sender:
-    sign-flip and inner-product-manipulation attackers send exactly such models, and clipping
-    alone only bounds their pull. Honest models of the same task point the same way (random
-    directions in thousands of dimensions have |cosine| ≈ 0). null: off (plain baselines)."""
+    """Received models whose change since genesis points *against* ours (cosine below this)
+    are not merged and count against their sender: sign-flip and inner-product-manipulation
+    attackers send exactly such models, and clipping alone only bounds their pull. Honest
+    models of the same task point the same way (random directions in thousands of dimensions
+    have |cosine| ≈ 0). If our own model points against the sum of our own training updates
+    (attackers dragged it), that sum is the reference. null: off (plain baselines)."""
 
 
 FeatureKind = Literal["logmel", "mfcc"]
