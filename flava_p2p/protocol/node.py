@@ -302,9 +302,10 @@ class NodeCore:
         self._now = now
         trained = np.asarray(model, dtype=np.float32)
         start = self.model if base is None else np.asarray(base, dtype=np.float32)
-        self._own_progress += trained - start
-        if base is not None and not np.array_equal(self.model, base):
-            trained = self.model + (trained - np.asarray(base, dtype=np.float32))
+        update = trained - start
+        self._own_progress += update
+        if not np.array_equal(self.model, start):
+            trained = self.model + update
             self._count("merged_during_training")
         self.model = trained.copy()
         self.sample_count = sample_count
@@ -511,13 +512,13 @@ class NodeCore:
         ratio, cosine = self.cfg.max_norm_ratio, self.cfg.opposed_cosine
         if ratio is None and cosine is None:
             return fresh
-        own = self._direction_reference()
+        model_delta = (self.model - self.genesis).astype(np.float64)
+        own = self._direction_reference(model_delta)
         own_norm = float(np.linalg.norm(own))
         deltas = {p: (r.model - self.genesis).astype(np.float64) for p, r in fresh.items()}
         norms = {p: float(np.linalg.norm(d)) for p, d in deltas.items()}
         # With an honest majority among own + received, the median change is an honest one.
-        model_norm = float(np.linalg.norm(self.model - self.genesis))
-        typical = float(np.median([model_norm, *norms.values()]))
+        typical = float(np.median([float(np.linalg.norm(model_delta)), *norms.values()]))
         kept = {}
         for peer, r in fresh.items():
             norm = norms[peer]
@@ -534,17 +535,17 @@ class NodeCore:
                 kept[peer] = r
         return kept
 
-    def _direction_reference(self) -> npt.NDArray[np.float64]:
+    def _direction_reference(self, model: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Which way "forward" is for the opposed-direction test.
 
-        Normally our model's change since genesis. But a node that attackers already dragged
-        past the genesis would then see honest models as opposed and flipped ones as aligned,
-        and stay captured; its own training keeps pulling the other way, so when the model
-        points against the sum of our own training updates, that sum is the reference. (The
-        sum alone is not used always: near consensus it is dominated by the tug between our
-        data and the others', which points against every other honest node's deviation.)
+        Normally ``model``, our model's change since genesis. But a node that attackers
+        already dragged past the genesis would then see honest models as opposed and flipped
+        ones as aligned, and stay captured; its own training keeps pulling the other way, so
+        when the model points against the sum of our own training updates, that sum is the
+        reference. (The sum alone is not used always: near consensus it is dominated by the
+        tug between our data and the others', which points against every other honest node's
+        deviation.)
         """
-        model = (self.model - self.genesis).astype(np.float64)
         progress = self._own_progress
         m, p = float(np.linalg.norm(model)), float(np.linalg.norm(progress))
         if m > 0 and p > 0 and float(model @ progress) / (m * p) < 0:
