@@ -159,6 +159,21 @@ class GossipConfig(_Strict):
     models of the same task point the same way (random directions in thousands of dimensions
     have |cosine| ≈ 0). If our own model points against the sum of our own training updates
     (attackers dragged it), that sum is the reference. null: off (plain baselines)."""
+    max_one_sided: float | None = Field(default=0.65, gt=0.5, le=1)
+    """Received models that lie on the same side of ours in more than this fraction of the
+    coordinates that differ are not merged and count against their sender. An honest model
+    differs from ours by training noise and other data: about half its coordinates are above
+    ours, half below. "A little is enough" (ALIE) sends μ − z·σ, every coordinate shifted the
+    same way: small enough to pass distance-based rules, but it pulls consistently every
+    round, and clipping bounds each pull, not their sum. null: off (plain baselines)."""
+
+
+#: The pre-merge screens switched off: what a plain (undefended) baseline sets.
+SCREENS_OFF: dict[str, None] = {
+    "opposed_cosine": None,
+    "max_norm_ratio": None,
+    "max_one_sided": None,
+}
 
 
 FeatureKind = Literal["logmel", "mfcc"]

@@ -6,7 +6,7 @@ over a speaker-partitioned corpus (node 0 is the bootstrap), the last ``--byzant
 with ``--attack``; run until every honest node has spent its privacy budget (then ``--linger``
 seconds more of merging), or ``--seconds`` at most; report the honest nodes' mean and worst
 held-out accuracy next to the attack-free run with the same defence. ``mean`` cells run with
-``gossip.opposed_cosine`` and ``gossip.max_norm_ratio`` null (no defence at all); the others
+every pre-merge screen off (``flava_p2p.config.SCREENS_OFF``: no defence at all); the others
 keep the node's defaults.
 
     .venv/bin/python scripts/byzantine_demo.py --corpus data/synth --nodes 16 --byzantine 4 \\
@@ -27,6 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_cluster import Cluster, parse_sets, prepare
 
+from flava_p2p.config import SCREENS_OFF
+
 
 def run_cell(
     args: argparse.Namespace, attack: str | None, aggregation: str, sets: dict[str, Any]
@@ -37,7 +39,7 @@ def run_cell(
     gossip = {**sets.get("gossip", {}), "aggregation": aggregation}
     if aggregation == "mean":
         # Plain mean: no screening either, the true undefended baseline.
-        gossip.update(opposed_cosine=None, max_norm_ratio=None)
+        gossip.update(SCREENS_OFF)
     overrides = {**sets, "gossip": gossip}
     cluster = Cluster(prepare(Path(args.corpus), root, n, overrides=overrides))
     attackers = set(range(n - args.byzantine, n)) if attack else set()

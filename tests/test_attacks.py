@@ -60,6 +60,18 @@ class TestModelAttacks:
         c = ctx(15, 1)
         np.testing.assert_allclose(out, np.stack([*c.received, c.own]).mean(0), rtol=1e-6)
 
+    def test_alie_mixed_shifts_each_coordinate_by_z_sigma_in_a_fixed_direction(self) -> None:
+        """alie:mixed=1 moves every coordinate by exactly z·σ, about half of them upwards, with
+        the same pattern on every call (the colluders' pulls must add up over rounds)."""
+        c = ctx(12, 4)
+        pool = np.stack([*c.received, c.own])
+        mu, sd = pool.mean(0), pool.std(0)
+        first = apply_model_attack(parse_attack("alie:z=2,mixed=1"), c)
+        np.testing.assert_allclose(np.abs(first - mu), 2 * sd, rtol=1e-5)
+        again = apply_model_attack(parse_attack("alie:z=2,mixed=1"), ctx(12, 4))
+        np.testing.assert_array_equal(np.sign(first - mu), np.sign(again - mu))
+        assert 0 < int(np.count_nonzero(first > mu)) < c.own.size
+
 
 class TestSpecs:
     def test_unknown_attack_lists_the_valid_ones(self) -> None:
@@ -69,5 +81,5 @@ class TestSpecs:
 
     def test_unknown_parameter_lists_the_allowed_ones(self) -> None:
         """A bad parameter names the allowed ones."""
-        with pytest.raises(AttackError, match="allowed: f, z"):
+        with pytest.raises(AttackError, match="allowed: f, mixed, z"):
             parse_attack("alie:q=1")

@@ -63,14 +63,14 @@ def build(
     return net
 
 
-def lone_core(seed: bytes, gossip: GossipConfig = FAST, **kwargs: Any) -> NodeCore:
-    """One NodeCore with a zero genesis, driven by hand (no network)."""
+def lone_core(seed: bytes, gossip: GossipConfig = FAST, dim: int = DIM, **kwargs: Any) -> NodeCore:
+    """One NodeCore with a zero genesis of ``dim`` weights, driven by hand (no network)."""
     import random
 
     return NodeCore(
         Identity.from_seed(seed * (32 // len(seed))),
         network_id="t",
-        genesis=np.zeros(DIM, np.float32),
+        genesis=np.zeros(dim, np.float32),
         schema=SCHEMA,
         gossip=gossip,
         rng=random.Random(seed[-1]),
@@ -421,6 +421,54 @@ class TestScreening:
         core._inbox = {b"honest": _Received(learnt, 100, 0), b"flip": _Received(-learnt, 100, 0)}
         core.timer(core._next_gossip)
         assert set(core.last_inputs) == {b"honest"}
+
+    @pytest.mark.parametrize("threshold", [0.65, None])
+    def test_alie_model_is_not_merged(self, threshold: float | None) -> None:
+        """ALIE's μ − 2σ of four honest models (the real attack code) is dropped and charged as
+        one-sided while both honest models are merged; with max_one_sided: null it is merged."""
+        from flava_p2p.attacks import AttackContext, apply_model_attack, parse_attack
+        from flava_p2p.protocol.node import _Received
+
+        dim, rng = 2000, np.random.default_rng(5)
+        gossip = FAST.model_copy(update={"max_one_sided": threshold})
+        core = lone_core(b"a", gossip, dim=dim)
+        core.start(0.0)
+        learnt = rng.normal(size=dim).astype(np.float32)
+        core.local_update(learnt, 100, DpInfo(None, None), 0.0)
+        honest = [learnt + 0.3 * rng.normal(size=dim).astype(np.float32) for _ in range(4)]
+        ctx = AttackContext(
+            own=honest[0], genesis=core.genesis, received=honest[1:], recipient=b"o",
+            recipient_model=None, rng=rng, n_honest=12, n_byzantine=4,
+        )  # fmt: skip
+        alie = apply_model_attack(parse_attack("alie:z=2"), ctx)
+        assert alie is not None
+        core._inbox = {
+            b"h1": _Received(honest[1], 100, 0),
+            b"h2": _Received(honest[2], 100, 0),
+            b"alie": _Received(alie, 100, 0),
+        }
+        core.timer(core._next_gossip)
+        if threshold is None:
+            assert set(core.last_inputs) == {b"h1", b"h2", b"alie"}
+        else:
+            assert set(core.last_inputs) == {b"h1", b"h2"}
+            assert core.counters["penalty_one_sided"] == 1
+
+    def test_honest_models_are_never_one_sided(self) -> None:
+        """Models that differ from ours by training noise sit near 0.5, far below the default
+        0.65, whatever the noise scale; identical models (nothing to judge) count as 0.5."""
+        from flava_p2p.config import GossipConfig
+
+        rng = np.random.default_rng(6)
+        core = lone_core(b"n", dim=7500)
+        core.model = rng.normal(size=7500).astype(np.float32)
+        limit = GossipConfig().max_one_sided
+        assert limit is not None
+        for scale in (1e-4, 1e-2, 1.0):
+            for _ in range(50):
+                other = core.model + scale * rng.normal(size=7500).astype(np.float32)
+                assert core._one_sidedness(other) < limit
+        assert core._one_sidedness(core.model.copy()) == 0.5
 
     def test_scaled_model_is_not_merged(self) -> None:
         """A model moved 10x as far from genesis as the others is dropped and charged; with

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flava_p2p.config import ConfigError, validate_config
+from flava_p2p.config import SCREENS_OFF, ConfigError, validate_config
 from flava_p2p.errors import FlavaError
 from flava_p2p.sim.netmodel import SimLinks, churn_schedule
 from flava_p2p.sim.runner import Simulation, run_scenario
@@ -232,7 +232,7 @@ class TestByzantine:
         byz = {"fraction": 0.25, "attack": attack}
         clean = run_scenario(scenario(**over, byzantine={"attack": "none"}))
         clipped = run_scenario(scenario(**over, byzantine=byz))
-        plain = {"aggregation": "mean", "opposed_cosine": None, "max_norm_ratio": None}
+        plain = {"aggregation": "mean", **SCREENS_OFF}
         mean = run_scenario(scenario(**over, byzantine=byz, gossip=plain))
         base = clean["final"]["honest_worst_acc"]
         assert clipped["final"]["honest_worst_acc"] >= base - 0.1
@@ -271,7 +271,7 @@ class TestScenarioFiles:
             "scenario: {nodes: 4, learner.kind: synthetic}\n"
             "grid:\n  defence:\n    - {gossip.aggregation: krum}\n"
             "    - {label: plain, gossip.aggregation: mean, gossip.opposed_cosine: null,"
-            " gossip.max_norm_ratio: null}\n"
+            " gossip.max_norm_ratio: null, gossip.max_one_sided: null}\n"
         )
         _, runs = expand(sweep)
         labels = [label for label, _, _ in runs]

@@ -67,6 +67,10 @@ def _register(name: str, **defaults: float) -> Callable[[F], F]:
     return deco
 
 
+#: Seed of the colluders' shared sign pattern for ``alie:mixed=1`` (fixed: they coordinate).
+_ALIE_PATTERN_SEED = 0xA11E
+
+
 def _honest_stats(ctx: AttackContext) -> tuple[Vec, Vec]:
     pool = np.stack([*ctx.received, ctx.own]) if ctx.received else ctx.own[None, :]
     return pool.mean(axis=0), pool.std(axis=0)
@@ -91,12 +95,15 @@ def scaling(ctx: AttackContext, p: dict[str, float]) -> Vec:
     return ctx.genesis + p["factor"] * (ctx.own - ctx.genesis)
 
 
-@_register("alie", z=0.0, f=0.0)
+@_register("alie", z=0.0, f=0.0, mixed=0.0)
 def alie(ctx: AttackContext, p: dict[str, float]) -> Vec:
     """A Little Is Enough (Baruch et al. 2019): μ − z·σ per coordinate, z from n and f.
 
     ``z`` > 0 fixes z; otherwise it is the paper's z_max for n nodes of which f are Byzantine,
     with f from ``f`` (a real attacker knows its colluders; the node cannot) or the simulator.
+    ``mixed=1`` is an adaptive variant aimed at the one-sidedness screen: each coordinate is
+    shifted by z·σ in a fixed random direction (the same pattern every round and for every
+    colluder, so the pulls still add up) instead of all downwards.
     """
     mu, sigma = _honest_stats(ctx)
     z = p["z"]
@@ -105,6 +112,9 @@ def alie(ctx: AttackContext, p: dict[str, float]) -> Vec:
         f = min(int(p["f"]), n - 1) if p["f"] > 0 else ctx.n_byzantine
         s = n // 2 + 1 - f
         z = NormalDist().inv_cdf(min(0.999, max(0.5, (n - s) / n)))
+    if p["mixed"]:
+        signs = np.random.default_rng(_ALIE_PATTERN_SEED).integers(0, 2, mu.shape) * 2 - 1
+        return mu - z * sigma * signs.astype(np.float32)
     return mu - z * sigma
 
 

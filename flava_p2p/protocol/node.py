@@ -56,6 +56,9 @@ from flava_p2p.wire.tensors import encode_vector
 Addr = tuple[str, int]
 Vec = npt.NDArray[np.float32]
 
+#: The one-sidedness screen needs this many differing coordinates before it judges a model.
+_MIN_DIFFERING = 64
+
 
 # ----------------------------------------------------------------------------- outputs
 @dataclass(frozen=True)
@@ -505,12 +508,18 @@ class NodeCore:
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
         """Drop received models no honest peer of this task would send, charging the sender.
 
-        Both tests look at changes since the shared genesis, which is what training moves:
+        Two tests look at changes since the shared genesis, which is what training moves:
         a change far larger than the median one (scaling, model replacement) or pointing
-        against ours (sign-flip, inner-product manipulation). Clipping bounds each survivor.
+        against ours (sign-flip, inner-product manipulation). The third looks at the model's
+        difference from ours: shifted the same way in nearly every coordinate (ALIE).
+        Clipping bounds each survivor.
         """
-        ratio, cosine = self.cfg.max_norm_ratio, self.cfg.opposed_cosine
-        if ratio is None and cosine is None:
+        ratio, cosine, one_sided = (
+            self.cfg.max_norm_ratio,
+            self.cfg.opposed_cosine,
+            self.cfg.max_one_sided,
+        )
+        if ratio is None and cosine is None and one_sided is None:
             return fresh
         model_delta = (self.model - self.genesis).astype(np.float64)
         own = self._direction_reference(model_delta)
@@ -531,9 +540,24 @@ class NodeCore:
                 and float(deltas[peer] @ own) / (norm * own_norm) < cosine
             ):
                 self._penalize(peer, "opposed", now)
+            elif one_sided is not None and self._one_sidedness(r.model) > one_sided:
+                self._penalize(peer, "one_sided", now)
             else:
                 kept[peer] = r
         return kept
+
+    def _one_sidedness(self, model: Vec) -> float:
+        """Fraction of the differing coordinates in which ``model`` lies on its majority side
+        of ours: about 0.5 for an honest model, near 1 for ALIE's μ − z·σ.
+
+        Below ``_MIN_DIFFERING`` differing coordinates (e.g. before anyone trained) the
+        fraction says nothing and 0.5 is returned.
+        """
+        diff = np.asarray(model, dtype=np.float32) - self.model
+        above, below = int(np.count_nonzero(diff > 0)), int(np.count_nonzero(diff < 0))
+        if above + below < _MIN_DIFFERING:
+            return 0.5
+        return max(above, below) / (above + below)
 
     def _direction_reference(self, model: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Which way "forward" is for the opposed-direction test.

@@ -392,11 +392,13 @@ def run_scenario(
 
 
 def defence_label(sc: Scenario) -> str:
-    """The merging rule, marked when the pre-merge screens (opposed direction, norm bound)
-    are not both at work: ``clipped``, ``mean (unscreened)``, ``mean (norm bound only)``."""
-    opposed, norm = sc.gossip.opposed_cosine is not None, sc.gossip.max_norm_ratio is not None
-    if opposed and norm:
+    """The merging rule, marked when the pre-merge screens are not all at work:
+    ``clipped``, ``mean (unscreened)``, ``mean (norm bound only)``."""
+    names = {"opposed_cosine": "opposed check", "max_norm_ratio": "norm bound",
+             "max_one_sided": "one-sided check"}  # fmt: skip
+    on = [label for key, label in names.items() if getattr(sc.gossip, key) is not None]
+    if len(on) == len(names):
         return sc.gossip.aggregation
-    if not opposed and not norm:
+    if not on:
         return f"{sc.gossip.aggregation} (unscreened)"
-    return f"{sc.gossip.aggregation} ({'opposed check' if opposed else 'norm bound'} only)"
+    return f"{sc.gossip.aggregation} ({' + '.join(on)} only)"

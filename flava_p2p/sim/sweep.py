@@ -16,7 +16,7 @@ A grid axis whose values are mappings sets several keys at once; ``label`` names
     grid:
       defence:
         - {label: clipped, gossip.aggregation: clipped}
-        - {label: plain-mean, gossip.aggregation: mean, gossip.opposed_cosine: null}
+        - {label: plain-mean, gossip.aggregation: mean, gossip.max_one_sided: null}
 """
 
 from __future__ import annotations
