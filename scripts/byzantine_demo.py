@@ -67,6 +67,12 @@ def run_cell(
         cluster.stop_all()
     accs = [(s["accuracy"] or {}).get("accuracy", 0.0) for s in statuses.values()]
     eps = [s["privacy"]["example_level"]["epsilon"] for s in statuses.values()]
+    penalties: dict[str, int] = {}  # what the honest nodes' screens charged, by reason
+    for s in statuses.values():
+        for name, count in s.get("counters", {}).items():
+            if name.startswith("penalty_"):
+                reason = name.removeprefix("penalty_")
+                penalties[reason] = penalties.get(reason, 0) + count
     return {
         "attack": attack or "none",
         "aggregation": aggregation,
@@ -77,6 +83,7 @@ def run_cell(
         "honest_accuracies": accs,
         "epsilon_max": max(eps),
         "rounds_mean": sum(s["round"] for s in statuses.values()) / len(statuses),
+        "penalties": penalties,
         "budgets_spent": done_at is not None,
         "wall_seconds": round(time.time() - start, 1),
     }
@@ -96,7 +103,12 @@ def main() -> int:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--byzantine", type=int, default=4)
-    parser.add_argument("--attacks", nargs="+", default=["alie", "sign_flip", "scaling"])
+    parser.add_argument(
+        "--attacks",
+        nargs="*",
+        default=["alie", "sign_flip", "scaling"],
+        help="attack specs (flava-node run --attack); none listed: only the attack-free cells",
+    )
     parser.add_argument("--aggregations", nargs="+", default=["clipped", "mean"])
     parser.add_argument("--seconds", type=float, default=900, help="cap per cell after start")
     parser.add_argument(
