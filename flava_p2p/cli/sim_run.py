@@ -79,7 +79,8 @@ def register(sub: Any) -> None:
     report.set_defaults(func=_cmd_report)
 
 
-def _load_with_overrides(path: str, sets: list[str]) -> Any:
+def load_with_overrides(path: str, sets: list[str]) -> Any:
+    """The scenario at ``path`` with ``--set KEY=VALUE`` overrides applied and validated."""
     import yaml
 
     from flava_p2p.config import ConfigError, validate_config
@@ -105,7 +106,7 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     from flava_p2p.sim.runner import Simulation
 
-    sc = _load_with_overrides(args.scenario, args.set)
+    sc = load_with_overrides(args.scenario, args.set)
     seed = sc.seed if args.seed is None else args.seed
     out = Path(args.out or f"runs/{sc.name}-seed{seed}")
     with progress_bar() as bar:
