@@ -195,8 +195,11 @@ class ModelConfig(_Strict):
     """Which registered keyword model to build."""
 
     name: str = "dscnn"
+    """``dscnn`` (learned front end) or ``aligned_linear`` (fixed front end + linear layer: far
+    more accurate under DP-SGD on small data; see docs/benchmarks.md)."""
     width: int = Field(default=64, ge=8, le=512)
-    """Channels per layer; the default keeps the model under 100k parameters."""
+    """DS-CNN channels per layer; the default keeps it under 100k parameters (``aligned_linear``
+    has no width and ignores it)."""
 
 
 class TrainingConfig(_Strict):

@@ -10,11 +10,13 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from structlog.testing import capture_logs
 
 from flava_p2p.config import FeatureConfig
 from flava_p2p.learning.audio import AudioError, load_clip
 from flava_p2p.learning.dataset import DatasetError, load_features, scan_corpus
+from flava_p2p.learning.features import center_on_energy
 from flava_p2p.learning.partition import PartitionError, by_speaker, dirichlet, iid
 from flava_p2p.learning.synth import synthesize_corpus
 
@@ -135,6 +137,21 @@ class TestLoader:
         f.write_text("hello")
         with pytest.raises(AudioError, match=r"x\.wav"):
             load_clip(f)
+
+
+class TestFeatures:
+    def test_center_on_energy_undoes_time_shifts(self) -> None:
+        """The same word at three offsets comes out identical, with its centroid mid-clip."""
+        word = torch.linspace(1.0, 3.0, 6).view(1, 6).expand(8, 6) * torch.arange(1, 9).view(8, 1)
+        clips = torch.zeros((3, 1, 8, 51))  # per-clip normalised: background near the mean, 0
+        for i, start in enumerate((4, 21, 40)):
+            clips[i, 0, :, start : start + 6] = word / 4
+        out = center_on_energy(clips)
+        assert not torch.equal(clips[0], clips[1])
+        assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+        energy = out[0, 0].mean(0)
+        assert 22 <= int(energy.argmax()) <= 28  # the word sits around the middle frame (25)
+        assert center_on_energy(torch.zeros((0, 1, 8, 51))).shape == (0, 1, 8, 51)
 
 
 class TestPartitioners:

@@ -125,6 +125,24 @@ class TestTrainer:
         assert ema.ledger is not None and plain.ledger is not None
         assert ema.ledger.epsilon == plain.ledger.epsilon
 
+    def test_aligned_linear_trains_under_dp(self, train_set: FeatureSet) -> None:
+        """The fixed-front-end model gets Opacus per-sample gradients: DP steps move it, spend ε."""
+        t = LocalTrainer(
+            train_set,
+            model_cfg=ModelConfig(name="aligned_linear"),
+            feature_cfg=FeatureConfig(),
+            training=TrainingConfig(batch_size=8, lr=0.5),
+            privacy=PrivacyConfig(planned_steps=100, target_epsilon=8.0),
+            seed=1,
+            noise_seed=2,
+        )
+        n_classes = len(train_set.label_names)
+        assert t.get_flat().size == (10 * 13 + 1) * n_classes  # 40 mels × 51 frames, 4×4 cells
+        w0 = t.get_flat().copy()
+        r = t.train(3)
+        assert r.steps == 3 and r.epsilon is not None and 0 < r.epsilon <= 8.0
+        assert not np.allclose(w0, t.get_flat())
+
     def test_prv_accountant(self, train_set: FeatureSet) -> None:
         """The PRV accountant also plans σ and reports ε."""
         t = LocalTrainer(
@@ -205,8 +223,13 @@ class TestCrashSafety:
 
 
 class TestCliEndToEnd:
+    @pytest.mark.parametrize("model_name", ["aligned_linear", "dscnn"])
     def test_centralized_json_then_predict(
-        self, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        tiny_corpus: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        model_name: str,
     ) -> None:
         """`flava-sim centralized --json` has the documented fields; predict reads its model."""
         model = tmp_path / "m.ckpt"
@@ -221,6 +244,8 @@ class TestCliEndToEnd:
                 "2",
                 "--batch-size",
                 "8",
+                "--model",
+                model_name,
                 "--width",
                 "16",
                 "--threads",
@@ -235,6 +260,7 @@ class TestCliEndToEnd:
         for key in ("accuracy", "macro_f1", "epsilon", "delta", "n_train", "n_test", "seconds"):
             assert key in out
         assert 0 < out["epsilon"] <= 8.0 and out["delta"] == 1e-5 and out["n_test"] > 0
+        assert out["model"] == model_name
 
         t = np.arange(44100) / 44100
         stereo = np.stack([np.sin(2 * np.pi * 300 * t)] * 2, axis=1) * 0.2

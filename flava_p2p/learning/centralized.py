@@ -29,6 +29,7 @@ def run_centralized(
     lr: float = 0.1,
     max_grad_norm: float = 1.0,
     width: int = 64,
+    model: str = "dscnn",
     holdout_speakers: float = 0.3,
     accountant: str = "rdp",
     spec_augment: bool | None = None,
@@ -71,7 +72,7 @@ def run_centralized(
         planned_steps=total,
         accountant=accountant,
     )
-    model_cfg = ModelConfig(width=width)
+    model_cfg = ModelConfig(name=model, width=width)
     trainer = LocalTrainer(
         train,
         model_cfg=model_cfg,
@@ -118,6 +119,8 @@ def run_centralized(
         "n_test_speakers": len(set(test.speakers)),
         "skipped_files": len(fs.skipped),
         "labels": fs.label_names,
+        "model": model,
+        "width": width if model == "dscnn" else None,
         "parameters": count_parameters(trainer.model),
         "epochs": epochs,
         "batch_size": batch_size,

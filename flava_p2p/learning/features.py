@@ -92,3 +92,24 @@ def time_shift(
     valid = (src >= 0) & (src < n_time)
     gathered = feats.gather(3, src.clamp(0, n_time - 1).expand_as(feats))
     return gathered.masked_fill(~valid, 0.0)
+
+
+def center_on_energy(feats: torch.Tensor, sharpness: float = 3.0) -> torch.Tensor:
+    """Shift each clip in time so that its energy centroid lands on the middle frame.
+
+    The centroid is a soft arg-max over frames of the per-frame mean feature (frames weighted by
+    ``softmax(sharpness * mean)``), so it follows the spoken word, not the background. Frames
+    shifted in from outside the clip are zero (the per-clip mean of normalised features). It
+    depends only on the clip itself, so under DP it is free: a fixed function of one example.
+    """
+    b, _, _, n_time = feats.shape
+    if b == 0:
+        return feats
+    weights = torch.softmax(feats.mean(dim=2, keepdim=True) * sharpness, dim=-1)
+    frames = torch.arange(n_time, dtype=feats.dtype)
+    centroid = (weights * frames).sum(-1).round().long().view(b)
+    shift = n_time // 2 - centroid
+    src = torch.arange(n_time).view(1, n_time) - shift.view(b, 1)
+    valid = ((src >= 0) & (src < n_time)).view(b, 1, 1, n_time)
+    gathered = feats.gather(3, src.clamp(0, n_time - 1).view(b, 1, 1, n_time).expand_as(feats))
+    return gathered.masked_fill(~valid, 0.0)
