@@ -6,6 +6,7 @@ random features of the real shape, so no corpus is needed. Inference is the real
 KeywordSpotter on one 1 s waveform: features + model, one thread.
 
     .venv/bin/python scripts/bench_dp.py [--batch 64 256] [--threads 1 2] [--steps 20]
+        [--model dscnn|aligned_linear]
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def fake_set(n: int, fcfg: FeatureConfig) -> FeatureSet:
     return FeatureSet(x, y, ["s"] * n, ["train"] * n, [""] * n, labels)
 
 
-def throughput(fs: FeatureSet, batch: int, dp: bool, steps: int) -> float:
+def throughput(fs: FeatureSet, model_cfg: ModelConfig, batch: int, dp: bool, steps: int) -> float:
     trainer = LocalTrainer(
         fs,
-        model_cfg=ModelConfig(),
+        model_cfg=model_cfg,
         feature_cfg=FeatureConfig(),
         training=TrainingConfig(batch_size=batch),
         noise_seed=0,
@@ -57,12 +58,12 @@ def throughput(fs: FeatureSet, batch: int, dp: bool, steps: int) -> float:
     return best
 
 
-def inference_ms(reps: int) -> dict[str, float]:
+def inference_ms(model_cfg: ModelConfig, reps: int) -> dict[str, float]:
     torch.set_num_threads(1)
     fcfg = FeatureConfig()
     trainer = LocalTrainer(
         fake_set(64, fcfg),
-        model_cfg=ModelConfig(),
+        model_cfg=model_cfg,
         feature_cfg=fcfg,
         training=TrainingConfig(),
         privacy=PrivacyConfig(enabled=False),
@@ -90,17 +91,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--inference-reps", type=int, default=300)
+    parser.add_argument("--model", default="dscnn", help="registered model (default dscnn)")
     args = parser.parse_args()
     quiet_known_warnings()
     warnings.filterwarnings("ignore", category=UserWarning)
     fcfg = FeatureConfig()
+    model_cfg = ModelConfig(name=args.model)
     fs = fake_set(4096, fcfg)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batch:
-            dp = throughput(fs, batch, True, args.steps)
-            plain = throughput(fs, batch, False, args.steps)
+            dp = throughput(fs, model_cfg, batch, True, args.steps)
+            plain = throughput(fs, model_cfg, batch, False, args.steps)
             rows.append(
                 {
                     "threads": threads,
@@ -111,11 +114,11 @@ def main() -> int:
                 }
             )
     result = {
-        "model": "dscnn",
+        "model": args.model,
         "parameters": count_parameters(
             LocalTrainer(
                 fake_set(8, fcfg),
-                model_cfg=ModelConfig(),
+                model_cfg=model_cfg,
                 feature_cfg=fcfg,
                 training=TrainingConfig(),
                 privacy=PrivacyConfig(enabled=False),
@@ -124,7 +127,7 @@ def main() -> int:
         "throughput": rows,
         "min_ratio": min(r["ratio"] for r in rows),
         "target_ratio": 0.4,
-        "inference_one_clip_one_thread": inference_ms(args.inference_reps),
+        "inference_one_clip_one_thread": inference_ms(model_cfg, args.inference_reps),
         "target_inference_ms": 10.0,
     }
     print(json.dumps(result, indent=1))
