@@ -63,12 +63,15 @@ class TestDeterminism:
         assert a != (tmp_path / "c" / "metrics.jsonl").read_bytes()
         assert len(a.splitlines()) == sc.rounds
 
-    def test_real_learner_is_reproducible(self, tiny_corpus: Path, tmp_path: Path) -> None:
-        """The DP-SGD keyword model path is bit-reproducible too (seeded noise)."""
+    @pytest.mark.parametrize("model", ["dscnn", "aligned_linear"])
+    def test_real_learner_is_reproducible(
+        self, tiny_corpus: Path, tmp_path: Path, model: str
+    ) -> None:
+        """The DP-SGD keyword model path is bit-reproducible too (seeded noise), for each model."""
         sc = scenario(
             nodes=3,
             rounds=3,
-            learner={"kind": "real", "width": 8, "threads": 1},
+            learner={"kind": "real", "model": model, "width": 8, "threads": 1},
             data={"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
         )
         s1 = run_scenario(sc, tmp_path / "a", seed=1)
@@ -77,6 +80,7 @@ class TestDeterminism:
         assert a == (tmp_path / "b" / "metrics.jsonl").read_bytes()
         assert 0 < s1["privacy"]["epsilon_max"] <= 8.0 + 1e-6
         assert s1["final"]["honest_mean_acc"] is not None
+        assert s1["model"] == model
 
     def test_parallel_workers_change_nothing(self, tiny_corpus: Path, tmp_path: Path) -> None:
         """Training in 2 worker processes gives the same bytes as training in-process."""

@@ -138,7 +138,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     t = Table(title=f"{s['name']} (seed {s['seed']})", show_header=False)
     t.add_row("nodes", f"{s['nodes']} ({s['honest']} honest, byzantine {s['byzantine']})")
     t.add_row("attack / defence", f"{s['attack'] or 'none'} / {s['aggregation']}")
-    t.add_row("topology / learner", f"{s['topology']} / {s['learner']}")
+    learner = f"{s['learner']} ({s['model']})" if s.get("model") else s["learner"]
+    t.add_row("topology / learner", f"{s['topology']} / {learner}")
     t.add_row(
         "held-out accuracy",
         f"mean {_fmt(f['honest_mean_acc'])}  worst {_fmt(f['honest_worst_acc'])}",

@@ -158,7 +158,7 @@ class RealLearners:
         self.n_classes = len(fs.label_names)
         parts = _partition(sc, train.speakers, train.labels.numpy(), seed)
         flippers = label_flippers(sc)
-        model_cfg = ModelConfig(width=sc.learner.width)
+        model_cfg = ModelConfig(name=sc.learner.model, width=sc.learner.width)
         privacy = _privacy(sc, planned_steps(sc))
         workers = sc.learner.workers if own is None else 1
         if own is None:

@@ -347,6 +347,7 @@ class Simulation:
             "defence": defence_label(sc),
             "topology": sc.topology.kind,
             "learner": sc.learner.kind,
+            "model": sc.learner.model if sc.learner.kind == "real" else None,
             "rounds": sc.rounds,
             "privacy": {
                 "unit": "example" if sc.privacy.epsilon is not None else None,

@@ -146,12 +146,15 @@ class DataSpec(_Strict):
 
 
 class LearnerSpec(_Strict):
-    """Local learning. ``real``: the DS-CNN keyword model with Opacus DP-SGD (the node's own
-    trainer, unchanged). ``synthetic``: softmax regression on Gaussian blobs with the same
-    DP-SGD recipe in numpy, for protocol-scale runs. ``none``: models never change (protocol
-    only: view, liveness, wire, crypto)."""
+    """Local learning. ``real``: a registered keyword model (``model``: the DS-CNN or
+    ``aligned_linear``) with Opacus DP-SGD (the node's own trainer, unchanged). ``synthetic``:
+    softmax regression on Gaussian blobs with the same DP-SGD recipe in numpy, for
+    protocol-scale runs. ``none``: models never change (protocol only: view, liveness, wire,
+    crypto)."""
 
     kind: Literal["real", "synthetic", "none"] = "real"
+    model: str = "dscnn"
+    """Registered model of the ``real`` learner: ``dscnn`` or ``aligned_linear``."""
     width: int = Field(default=32, ge=8, le=512)
     training: TrainingConfig = Field(
         default_factory=lambda: TrainingConfig(
