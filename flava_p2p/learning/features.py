@@ -84,13 +84,20 @@ def time_shift(
     Features are per-clip normalised to mean 0, so the zero fill looks like average energy
     rather than an artificial silence edge.
     """
-    b, _, _, n_time = feats.shape
+    b = feats.shape[0]
     if b == 0 or max_shift == 0:
         return feats
-    shifts = torch.randint(-max_shift, max_shift + 1, (b, 1, 1, 1), generator=generator)
-    src = torch.arange(n_time).view(1, 1, 1, n_time) - shifts
-    valid = (src >= 0) & (src < n_time)
-    gathered = feats.gather(3, src.clamp(0, n_time - 1).expand_as(feats))
+    shifts = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator)
+    return shift_frames(feats, shifts)
+
+
+def shift_frames(feats: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Move example i of (B, 1, F, T) ``feats`` later in time by ``shifts[i]`` frames (negative:
+    earlier); frames shifted in from outside the clip are zero."""
+    b, _, _, n_time = feats.shape
+    src = torch.arange(n_time).view(1, n_time) - shifts.view(b, 1)
+    valid = ((src >= 0) & (src < n_time)).view(b, 1, 1, n_time)
+    gathered = feats.gather(3, src.clamp(0, n_time - 1).view(b, 1, 1, n_time).expand_as(feats))
     return gathered.masked_fill(~valid, 0.0)
 
 
@@ -108,8 +115,4 @@ def center_on_energy(feats: torch.Tensor, sharpness: float = 3.0) -> torch.Tenso
     weights = torch.softmax(feats.mean(dim=2, keepdim=True) * sharpness, dim=-1)
     frames = torch.arange(n_time, dtype=feats.dtype)
     centroid = (weights * frames).sum(-1).round().long().view(b)
-    shift = n_time // 2 - centroid
-    src = torch.arange(n_time).view(1, n_time) - shift.view(b, 1)
-    valid = ((src >= 0) & (src < n_time)).view(b, 1, 1, n_time)
-    gathered = feats.gather(3, src.clamp(0, n_time - 1).view(b, 1, 1, n_time).expand_as(feats))
-    return gathered.masked_fill(~valid, 0.0)
+    return shift_frames(feats, n_time // 2 - centroid)
