@@ -10,7 +10,7 @@ import pytest
 from flava_p2p.config import GossipConfig
 from flava_p2p.identity import Identity
 from flava_p2p.protocol.liveness import Liveness, PeerState
-from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined
+from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, SchemaMismatch
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.sim.network import LinkModel, VirtualNetwork
 from flava_p2p.wire.messages import DpInfo, PeerDescriptor
@@ -89,6 +89,41 @@ class TestDiscovery:
             assert node.identity.peer_id in known
         union = set().union(*(set(n.view.peers()) for n in net.nodes))
         assert union == {n.identity.peer_id for n in net.nodes}
+
+    def test_node_training_another_model_is_refused_with_the_reason(self) -> None:
+        """A HELLO from a node with another schema: refused both ways, each side told what
+        differs (here the head); nodes of the same model still find each other."""
+        import random
+
+        def still(i: int, m: np.ndarray) -> tuple[np.ndarray, int, DpInfo]:
+            return m, 1, DpInfo(None, None)
+
+        net = VirtualNetwork(link=LinkModel(), seed=0, learner=still)
+        card = {"encoder": "speech_embedding@0140c2b1455c0167", "head": "embed_linear"}
+        other = {**card, "head": "embed_mlp (hidden 64)"}
+        for i, (schema, c) in enumerate([(SCHEMA, card), (SCHEMA, card), (b"m" * 32, other)]):
+            net.add(
+                NodeCore(
+                    Identity.from_seed(bytes([9, i]) * 16),
+                    network_id="t",
+                    genesis=np.zeros(DIM, np.float32),
+                    schema=schema,
+                    schema_card=c,
+                    gossip=FAST,
+                    rng=random.Random(i),
+                    bootstrap=[] if i == 0 else [VirtualNetwork.address(0)],
+                )
+            )
+        net.start()
+        net.run_until(10.0)
+        a, b, odd = net.nodes
+        assert b.identity.peer_id in a.view and a.identity.peer_id in b.view
+        assert odd.identity.peer_id not in a.view and not odd.view
+        found = {(i, e.peer): e for _, i, e in net.events if isinstance(e, SchemaMismatch)}
+        told_a = found[(0, odd.identity.peer_id)]
+        assert told_a.differences == ("head: ours embed_linear, theirs embed_mlp (hidden 64)",)
+        assert (2, a.identity.peer_id) in found  # the odd node knows why, too
+        assert sum(1 for _, i, e in net.events if isinstance(e, SchemaMismatch) and i == 0) == 1
 
     def test_view_is_bounded(self) -> None:
         """With 20 nodes and view size 8, no view exceeds 8."""

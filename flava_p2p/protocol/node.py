@@ -50,6 +50,7 @@ from flava_p2p.wire.messages import (
     Pong,
     Shuffle,
     ShuffleReply,
+    schema_differences,
 )
 from flava_p2p.wire.tensors import encode_vector
 
@@ -105,13 +106,25 @@ class ModelMerged:
 
 
 @dataclass(frozen=True)
+class SchemaMismatch:
+    """A peer trains another model (encoder, front end, head, labels): it was refused.
+
+    Reported once per peer; ``differences`` says what differs, one ``field: ours X, theirs Y``
+    line each, so an operator can see which side to reconfigure.
+    """
+
+    peer: bytes
+    differences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Graylisted:
     """A peer (PeerID) or an address (``addr:host:port``) is being ignored for a while."""
 
     who: str
 
 
-Event = PeerJoined | PeerLeft | TrainRequest | ModelMerged | Graylisted
+Event = PeerJoined | PeerLeft | TrainRequest | ModelMerged | Graylisted | SchemaMismatch
 
 
 @dataclass
@@ -150,6 +163,7 @@ class NodeCore:
         message_noise: MessageNoise | None = None,
         noise_rng: np.random.Generator | None = None,
         beacon: tuple[Addr, float] | None = None,
+        schema_card: dict[str, str] | None = None,
     ) -> None:
         self.identity = identity
         self.cfg = gossip
@@ -157,6 +171,9 @@ class NodeCore:
         self.genesis = np.asarray(genesis, dtype=np.float32).copy()
         self.genesis_hash = genesis_hash(self.genesis)
         self.schema = schema
+        # Shown to peers in HELLOs so that a mismatch can be explained, not just detected.
+        self.schema_card = tuple((schema_card or {}).items())
+        self._schema_refused: set[bytes] = set()
         self.model = self.genesis.copy()
         self.round = 0
         self.sample_count = 0
@@ -260,21 +277,11 @@ class NodeCore:
             return
         if not self.view and self.bootstrap and now >= self._next_boot:
             for addr in self.bootstrap:
-                self._send_plain(
-                    addr,
-                    Hello(
-                        self.identity.keys.box_key,
-                        self.identity.keys.box_key_sig,
-                        tuple(self.advertised),
-                    ),
-                )
+                self._send_plain(addr, self._hello())
             self._next_boot = now + 2.0
         if self.beacon is not None and now >= self._next_beacon:
             group, period = self.beacon
-            keys = self.identity.keys
-            self._send_plain(
-                group, Hello(keys.box_key, keys.box_key_sig, tuple(self.advertised), False)
-            )
+            self._send_plain(group, self._hello(want_reply=False))
             self._count("beacons_sent")
             self._next_beacon = now + self._jittered(period)
         if now >= self._next_gossip:
@@ -371,6 +378,11 @@ class NodeCore:
         self._dead_until.pop(sender, None)  # direct contact: alive after all
         self._addr_of[sender] = addr
         if isinstance(msg, Hello):  # HelloAck is a subclass
+            if self._schema_conflict(sender, msg):
+                # Answer anyway, so that the other side learns why we will not talk to it.
+                if msg.want_reply and not isinstance(msg, HelloAck):
+                    self._send_plain(addr, self._hello(ack=True))
+                return
             self._learn(
                 PeerDescriptor(
                     sender,
@@ -380,10 +392,7 @@ class NodeCore:
                 )
             )
             if msg.want_reply and not isinstance(msg, HelloAck):
-                keys = self.identity.keys
-                self._send_plain(
-                    addr, HelloAck(keys.box_key, keys.box_key_sig, tuple(self.advertised))
-                )
+                self._send_plain(addr, self._hello(ack=True))
         elif isinstance(msg, Pong):
             self.liveness.pong(sender, msg.nonce, now)
         elif isinstance(msg, Ping):
@@ -453,6 +462,7 @@ class NodeCore:
             for d in good
             if not self.scores.is_graylisted(d.peer_id, self._now)
             and self._dead_until.get(d.peer_id, -1.0) <= self._now  # no zombies via gossip
+            and d.peer_id not in self._schema_refused  # another model: nothing to exchange
         ]
 
     def _register_addrs(self, descs: list[PeerDescriptor]) -> None:
@@ -698,12 +708,34 @@ class NodeCore:
         if len(self._introduced) > 4 * self.cfg.view_size + 64:  # bounded
             self._introduced.pop(next(iter(self._introduced)))
         self._count("hello_to_unknown_sender")
-        self._send_plain(
-            addr,
-            Hello(
-                self.identity.keys.box_key, self.identity.keys.box_key_sig, tuple(self.advertised)
-            ),
+        self._send_plain(addr, self._hello())
+
+    def _hello(self, want_reply: bool = True, ack: bool = False) -> Hello:
+        """Our HELLO (or HELLO_ACK): keys, addresses and the model schema we train."""
+        keys = self.identity.keys
+        cls = HelloAck if ack else Hello
+        return cls(
+            keys.box_key,
+            keys.box_key_sig,
+            tuple(self.advertised),
+            want_reply and not ack,
+            self.schema,
+            self.schema_card,
         )
+
+    def _schema_conflict(self, sender: bytes, msg: Hello) -> bool:
+        """True (and reported once) when ``msg`` says its sender trains another model."""
+        if not msg.schema_hash or msg.schema_hash == self.schema:
+            return False
+        self._count("schema_mismatch_hello")
+        if sender not in self._schema_refused:
+            if len(self._schema_refused) < 4096:  # bounded: one report per peer is enough
+                self._schema_refused.add(sender)
+            diff = schema_differences(self.schema_card, msg.schema) or [
+                "schema hash differs (no schema card to compare)"
+            ]
+            self._events.append(SchemaMismatch(sender, tuple(diff)))
+        return True
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -31,7 +31,15 @@ from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_mu
 from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
-from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, PeerLeft, TrainRequest, Vec
+from flava_p2p.protocol.node import (
+    Graylisted,
+    NodeCore,
+    PeerJoined,
+    PeerLeft,
+    SchemaMismatch,
+    TrainRequest,
+    Vec,
+)
 from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
@@ -77,12 +85,14 @@ class NodeRunner:
     def _load_data(self) -> tuple[FeatureSet, FeatureSet | None]:
         cfg = self.cfg
         root = resolve(self.home, cfg.data.root)
-        cache = resolve(self.home, cfg.data.cache_dir) if cfg.data.cache_dir else None
-        fs = load_features(scan_corpus(root), cfg.features, cache_dir=cache)
+        cache = resolve(self.home, cfg.data.cache_dir or Path("cache"))
+        threads = cfg.training.threads
+        fs = load_features(scan_corpus(root), cfg.features, cache_dir=cache, threads=threads)
         train = fs.split("train")
         evaluation = fs.split("validation") if len(fs.split("validation")) else None
         if cfg.data.eval_root is not None:
-            ev = load_features(scan_corpus(resolve(self.home, cfg.data.eval_root)), cfg.features)
+            ev_scan = scan_corpus(resolve(self.home, cfg.data.eval_root))
+            ev = load_features(ev_scan, cfg.features, cache_dir=cache, threads=threads)
             if ev.label_names != train.label_names:
                 raise FlavaError(
                     f"data.eval_root labels {ev.label_names} differ from the training labels "
@@ -208,6 +218,7 @@ class NodeRunner:
             network_id=cfg.network.network_id,
             genesis=genesis_vec,
             schema=bytes.fromhex(self.trainer.schema),
+            schema_card=self.trainer.schema_card,
             gossip=cfg.gossip,
             rng=random.Random(f"{cfg.seed}:{self.identity.peer_id_str}"),
             advertised=self.addresses,
@@ -313,6 +324,13 @@ class NodeRunner:
                 log.info("peer joined", peer=_short(ev.peer), view=len(self.core.view))
             elif isinstance(ev, PeerLeft):
                 log.info("peer left", peer=_short(ev.peer), reason=ev.reason)
+            elif isinstance(ev, SchemaMismatch):
+                log.error(
+                    "peer trains a different model; refused (both sides must use the same "
+                    "encoder, front end, head and labels)",
+                    peer=_short(ev.peer),
+                    differences=list(ev.differences),
+                )
             elif isinstance(ev, Graylisted):
                 log.warning("graylisted", who=ev.who)
                 if ev.who.startswith("addr:"):

@@ -125,6 +125,7 @@ class Simulation:
             network_id=NETWORK_ID,
             genesis=self.learners.genesis,
             schema=self.learners.schema,
+            schema_card=getattr(self.learners, "schema_card", None),
             gossip=self.gossip,
             rng=random.Random(f"{self.seed}:{i}"),
             advertised=[self._address(i)],

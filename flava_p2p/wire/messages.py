@@ -116,25 +116,81 @@ class PeerDescriptor:
         )
 
 
+MAX_SCHEMA_FIELDS = 12
+MAX_SCHEMA_KEY = 32
+MAX_SCHEMA_VALUE = 200
+
+
+def _schema(x: Any) -> tuple[tuple[str, str], ...]:
+    """The model schema card: a small map of short strings (what the model is, for people)."""
+    if not isinstance(x, dict) or len(x) > MAX_SCHEMA_FIELDS:
+        raise MessageError(f"schema: expected a map of ≤ {MAX_SCHEMA_FIELDS} entries")
+    return tuple(
+        (_str(k, "schema key", MAX_SCHEMA_KEY), _str(v, "schema value", MAX_SCHEMA_VALUE))
+        for k, v in x.items()
+    )
+
+
+def schema_differences(
+    ours: dict[str, str] | tuple[tuple[str, str], ...],
+    theirs: dict[str, str] | tuple[tuple[str, str], ...],
+) -> list[str]:
+    """One line per field where two schema cards differ: ``field: ours X, theirs Y``."""
+    a, b = dict(ours), dict(theirs)
+    keys = list(dict.fromkeys([*a, *b]))
+    return [
+        f"{k}: ours {a.get(k, '(none)')}, theirs {b.get(k, '(none)')}"
+        for k in keys
+        if a.get(k) != b.get(k)
+    ]
+
+
 @dataclass(frozen=True)
 class Hello:
-    """Discovery. The envelope's sender PeerID certifies ``box_key`` via ``box_key_sig``."""
+    """Discovery. The envelope's sender PeerID certifies ``box_key`` via ``box_key_sig``.
+
+    ``schema_hash`` / ``schema`` say which model the sender trains (hash and a short card of
+    encoder, front end, head, labels): a node that trains another model is refused at first
+    contact with a message naming what differs, rather than by silently rejected deltas.
+    Empty for nodes without a model (protocol-only runs).
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
     box_key: bytes
     box_key_sig: bytes
     addrs: tuple[str, ...] = ()
     want_reply: bool = True
+    schema_hash: bytes = b""
+    schema: tuple[tuple[str, str], ...] = ()
 
     def to_wire(self) -> list[Any]:
-        return [self.box_key, self.box_key_sig, list(self.addrs), self.want_reply]
+        return [
+            self.box_key,
+            self.box_key_sig,
+            list(self.addrs),
+            self.want_reply,
+            self.schema_hash,
+            dict(self.schema),
+        ]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Hello:
-        f = _list(obj, "hello", 4)
-        if len(f) != 4 or not isinstance(f[3], bool):
-            raise MessageError("hello: expected [box_key, sig, addrs, want_reply]")
-        return cls(_bytes(f[0], "box_key", 32), _bytes(f[1], "box_key_sig", 64), _addrs(f[2]), f[3])
+        f = _list(obj, "hello", 6)
+        if len(f) != 6 or not isinstance(f[3], bool):
+            raise MessageError(
+                "hello: expected [box_key, sig, addrs, want_reply, schema_hash, schema]"
+            )
+        digest = _bytes(f[4], "schema_hash", max_len=32)
+        if len(digest) not in (0, 32):
+            raise MessageError("schema_hash: expected 0 or 32 bytes")
+        return cls(
+            _bytes(f[0], "box_key", 32),
+            _bytes(f[1], "box_key_sig", 64),
+            _addrs(f[2]),
+            f[3],
+            digest,
+            _schema(f[5]),
+        )
 
 
 @dataclass(frozen=True)
@@ -147,7 +203,7 @@ class HelloAck(Hello):
     @classmethod
     def from_wire(cls, obj: Any) -> HelloAck:
         h = Hello.from_wire(obj)
-        return cls(h.box_key, h.box_key_sig, h.addrs, h.want_reply)
+        return cls(h.box_key, h.box_key_sig, h.addrs, h.want_reply, h.schema_hash, h.schema)
 
 
 @dataclass(frozen=True)
