@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flava_p2p.errors import FlavaError
 
@@ -176,30 +183,107 @@ SCREENS_OFF: dict[str, None] = {
 }
 
 
-FeatureKind = Literal["logmel", "mfcc"]
+FeatureKind = Literal["speech_embedding", "logmel", "mfcc"]
+
+#: The clip window each front end reads when ``clip_seconds`` is not given: the pretrained
+#: encoder sees 1.5 s (10 embeddings; short words centred, with context on both sides), the
+#: learned-from-scratch models the classic 1 s Speech Commands clip.
+DEFAULT_CLIP_SECONDS: dict[str, float] = {"speech_embedding": 1.5, "logmel": 1.0, "mfcc": 1.0}
+
+#: Which front ends each registered model reads. Checked when a config is loaded, so a
+#: mismatch is a config error naming both fields, not a shape error deep in torch.
+MODEL_FRONTENDS: dict[str, tuple[str, ...]] = {
+    "embed_linear": ("speech_embedding",),
+    "embed_mlp": ("speech_embedding",),
+    "dscnn": ("logmel", "mfcc"),
+    "aligned_linear": ("logmel", "mfcc"),
+}
+
+PoolingName = Literal["meanmax", "mean", "attention"]
 
 
 class FeatureConfig(_Strict):
     """Acoustic front end; part of the model schema hash (peers must agree on it)."""
 
-    kind: FeatureKind = "logmel"
+    kind: FeatureKind = "speech_embedding"
+    """``speech_embedding``: Google's pretrained speech encoder (frozen, shipped in the package)
+    turns each clip into 96-d window embeddings that the head models learn from. ``logmel`` /
+    ``mfcc``: classic features for the models that learn their front end (dscnn,
+    aligned_linear)."""
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     n_mels: int = Field(default=40, ge=8, le=128)
     n_mfcc: int = Field(default=20, ge=8, le=64)
     win_ms: float = Field(default=30.0, gt=0, le=100)
     hop_ms: float = Field(default=20.0, gt=0, le=100)
     clip_seconds: float = Field(default=1.0, gt=0, le=10)
+    """Every clip is cut or padded to this length (default 1.5 s for speech_embedding, 1 s
+    otherwise). The encoder needs at least 0.775 s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_clip(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "clip_seconds" not in data:
+            kind = data.get("kind", "speech_embedding")
+            if kind in DEFAULT_CLIP_SECONDS:
+                data = {**data, "clip_seconds": DEFAULT_CLIP_SECONDS[kind]}
+        return data
+
+    @model_validator(mode="after")
+    def _encoder_needs(self) -> FeatureConfig:
+        if self.kind == "speech_embedding":
+            if self.sample_rate != 16000:
+                raise ValueError(
+                    "kind speech_embedding runs at sample_rate 16000 (clips at other rates are "
+                    "resampled on load); remove sample_rate or set it to 16000"
+                )
+            if self.clip_seconds < 0.775:
+                raise ValueError(
+                    "kind speech_embedding needs clip_seconds >= 0.775 (its receptive field)"
+                )
+        return self
+
+
+def check_model_frontend(model: str, kind: str, where: str = "model.name") -> None:
+    """Raise ``ValueError`` when model ``model`` cannot read features of ``kind``."""
+    wants = MODEL_FRONTENDS.get(model)
+    if wants is None:
+        raise ValueError(f"{where}: unknown model {model!r}; known: {', '.join(MODEL_FRONTENDS)}")
+    if kind not in wants:
+        users = [m for m, kinds in MODEL_FRONTENDS.items() if kind in kinds]
+        raise ValueError(
+            f"{where}: model {model!r} reads {' or '.join(wants)} features, but features.kind is "
+            f"{kind!r}; set features.kind: {wants[0]}, or pick a model for {kind}: "
+            f"{', '.join(users)}"
+        )
+
+
+def default_features(model: str) -> FeatureConfig:
+    """The front end a model reads when the config does not say (its first listed kind)."""
+    kinds = MODEL_FRONTENDS.get(model, ("speech_embedding",))
+    return FeatureConfig.model_validate({"kind": kinds[0]})
 
 
 class ModelConfig(_Strict):
     """Which registered keyword model to build."""
 
-    name: str = "dscnn"
-    """``dscnn`` (learned front end) or ``aligned_linear`` (fixed front end + linear layer: far
-    more accurate under DP-SGD on small data; see docs/benchmarks.md)."""
+    name: str = "embed_linear"
+    """``embed_linear`` (default): a linear head over the frozen speech encoder's pooled
+    embeddings; ``embed_mlp``: a one-hidden-layer head instead. ``dscnn`` and
+    ``aligned_linear`` learn from log-mel features (``features.kind: logmel``). See
+    docs/benchmarks.md for how each does on real and synthetic speech, with and without DP."""
     width: int = Field(default=64, ge=8, le=512)
-    """DS-CNN channels per layer; the default keeps it under 100k parameters (``aligned_linear``
-    has no width and ignores it)."""
+    """DS-CNN channels per layer, or the hidden width of ``embed_mlp``."""
+    pooling: PoolingName = "meanmax"
+    """How the embed_* heads pool the clip's window embeddings: ``meanmax`` (mean and max,
+    concatenated), ``mean``, or ``attention`` (learned softmax weights over windows). Pooled
+    features are L2-normalised per clip, which bounds every example's gradient."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODEL_FRONTENDS:
+            raise ValueError(f"unknown model; known: {', '.join(MODEL_FRONTENDS)}")
+        return v
 
 
 class TrainingConfig(_Strict):
@@ -207,11 +291,13 @@ class TrainingConfig(_Strict):
 
     batch_size: int = Field(default=64, ge=1, le=4096)
     """Expected (Poisson) batch size under DP; fixed batch size otherwise."""
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.5, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     local_steps: int = Field(default=10, ge=1)
     """DP-SGD steps per gossip round."""
-    spec_augment: bool = True
+    spec_augment: bool = False
+    """SpecAugment masking (log-mel models only: embeddings are pooled per clip). Off by
+    default: under DP it adds variance to an already noise-limited gradient."""
     augment_multiplicity: int = Field(default=1, ge=1, le=64)
     """K augmented copies (random time shift, plus SpecAugment when on) of every example per step;
     under DP their gradients are averaged *before* per-example clipping (De et al. 2022), so
@@ -255,7 +341,8 @@ class DataConfig(_Strict):
     root: Path = Path("data")
     """Speech Commands layout: ``<root>/<label>/<speaker>_nohash_<n>.wav``."""
     cache_dir: Path | None = None
-    """Feature cache; default ``<root>/.flava_cache``."""
+    """Feature cache (one SQLite file, keyed by clip content and front end, so a clip is
+    encoded once); default ``<home>/cache``. Relative paths are relative to the node home."""
     eval_root: Path | None = None
     """Optional held-out clips (same layout) for the local validation accuracy in /status."""
 
@@ -282,6 +369,11 @@ class NodeConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _model_reads_features(self) -> NodeConfig:
+        check_model_frontend(self.model.name, self.features.kind)
+        return self
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -339,7 +431,8 @@ def _describe_error(err: Any, model: type[BaseModel]) -> str:
         allowed = ", ".join(sorted(parent.model_fields)) if parent else "see configs/"
         return f"{field}: unknown key. Allowed keys here: {allowed}."
     got = err.get("input")
-    got_text = "" if kind == "missing" else f" (got {got!r})"
+    # A whole-file check (loc empty) would echo the entire file back: its message says enough.
+    got_text = "" if kind == "missing" or not loc else f" (got {got!r})"
     msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -35,9 +35,10 @@ def _scenario() -> Any:
         {
             "nodes": ARGS.nodes,
             "rounds": ARGS.rounds,
-            "data": {"corpus": ARGS.data, "partition": "speaker"},
+            "data": {"corpus": ARGS.data, "partition": "speaker", "features": {"kind": "logmel"}},
             "learner": {
                 "kind": "real",
+                "model": "dscnn",
                 "width": 32,
                 "threads": 1,
                 "training": {
@@ -82,7 +83,7 @@ def _trainer(part: Any) -> Any:
     train, _, _ = _data()
     return LocalTrainer(
         train.subset(part),
-        model_cfg=ModelConfig(width=32),
+        model_cfg=ModelConfig(name="dscnn", width=32),
         feature_cfg=sc.data.features,
         training=sc.learner.training,
         privacy=PrivacyConfig(enabled=False),

@@ -70,7 +70,7 @@ def prepare(
             "fanout": 2,
             "aggregation": "clipped",
         }
-        cfg["model"] = {"name": "dscnn", "width": 32}
+        cfg["model"] = {"name": "embed_linear"}
         cfg["training"] = {
             "batch_size": 64,
             "lr": 1.0,

@@ -85,7 +85,7 @@ def run_sim(corpus: Path, n: int, rounds: int, seed: int) -> dict[str, object]:
             "data": {"corpus": str(corpus), "partition": "speaker", "eval_split": "heldout"},
             "learner": {
                 "kind": "real",
-                "width": 32,
+                "model": "embed_linear",  # what scripts/local_cluster.py runs
                 "threads": 2,
                 "training": {
                     "batch_size": 32,

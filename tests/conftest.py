@@ -11,6 +11,14 @@ from types import ModuleType
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tests' feature cache out of the user's (subprocesses inherit the variable)."""
+    if "FLAVA_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["FLAVA_CACHE_DIR"] = tempfile.mkdtemp(prefix="flava-test-cache-")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="also run tests marked slow")
 

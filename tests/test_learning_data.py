@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import shutil
 from pathlib import Path
 from typing import ClassVar
@@ -92,20 +93,30 @@ class TestLoader:
         clip = load_clip(messy / "größe_日本" / "alice_nohash_1.wav")
         assert clip.shape == (16000,) and clip.dtype == np.float32
 
-    def test_feature_cache_reused(self, messy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """The second load reads the cache (no decoding) and returns identical features."""
+    def test_feature_cache_reused(
+        self, messy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A second load, even of a copy elsewhere with new mtimes, reads the content-keyed
+        cache (no decoding, bad files remembered) and returns identical features."""
         scan = scan_corpus(messy)
-        first = load_features(scan, FeatureConfig(), cache_dir=messy / "cache")
+        first = load_features(scan, FeatureConfig(), cache_dir=tmp_path / "cache")
+        assert first.encoded == len(first) and first.cache_hits == 0
 
         def no_decoding(*args: object, **kwargs: object) -> None:
             raise AssertionError("decoded audio although the cache is valid")
 
         monkeypatch.setattr("flava_p2p.learning.dataset.load_clip", no_decoding)
-        second = load_features(scan, FeatureConfig(), cache_dir=messy / "cache")
-        assert list((messy / "cache").glob("*.npz"))
-        assert second.paths == first.paths
+        copy = tmp_path / "copy"
+        shutil.copytree(messy, copy)  # new paths, new mtimes, same bytes
+        second = load_features(scan_corpus(copy), FeatureConfig(), cache_dir=tmp_path / "cache")
+        assert (tmp_path / "cache" / "features.sqlite").is_file()
+        assert second.encoded == 0 and second.cache_hits == len(scan.utterances)
+        assert [Path(p).relative_to(copy) for p in second.paths] == [
+            Path(p).relative_to(messy) for p in first.paths
+        ]
         assert (second.features == first.features).all()
         assert len(second.skipped) == 2
+        assert all(str(copy) in reason for reason in second.skipped.values())
 
     def test_splits_follow_lists(self, tiny_corpus: Path) -> None:
         """Files in testing_list.txt are test, whole speakers never straddle splits."""
@@ -189,7 +200,20 @@ class TestPartitioners:
         classes = lambda ps: np.mean([len(set((p // 100).tolist())) for p in ps])  # noqa: E731
         assert classes(skewed) < 5 < classes(flat)
 
+    def test_more_nodes_than_speakers_split_speakers(self) -> None:
+        """16 nodes over 7 speakers: every node holds clips of exactly one speaker, each
+        speaker spread over 2–3 nodes, every clip exactly once, seeded."""
+        parts = by_speaker(self.speakers, n_parts=16, seed=2)
+        assert len(parts) == 16
+        self._check_cover(parts, 70)
+        owners = [{self.speakers[i] for i in p} for p in parts]
+        assert all(len(o) == 1 for o in owners)
+        per_speaker = Counter(next(iter(o)) for o in owners)
+        assert sorted(per_speaker.values()) == [2, 2, 2, 2, 2, 3, 3]
+        again = by_speaker(self.speakers, n_parts=16, seed=2)
+        assert all((a == b).all() for a, b in zip(parts, again, strict=True))
+
     def test_impossible_requests(self) -> None:
-        """More nodes than speakers is a clear PartitionError."""
-        with pytest.raises(PartitionError, match="speakers"):
-            by_speaker(self.speakers, n_parts=8)
+        """More nodes than one speaker's clips is a clear PartitionError naming the speaker."""
+        with pytest.raises(PartitionError, match="too few for"):
+            by_speaker(self.speakers, n_parts=200)

@@ -125,12 +125,14 @@ class TestTrainer:
         assert ema.ledger is not None and plain.ledger is not None
         assert ema.ledger.epsilon == plain.ledger.epsilon
 
-    def test_aligned_linear_trains_under_dp(self, train_set: FeatureSet) -> None:
+    def test_aligned_linear_trains_under_dp(self, tiny_corpus: Path) -> None:
         """The fixed-front-end model gets Opacus per-sample gradients: DP steps move it, spend ε."""
+        logmel = FeatureConfig(kind="logmel")
+        train_set = load_features(scan_corpus(tiny_corpus), logmel).split("train")
         t = LocalTrainer(
             train_set,
             model_cfg=ModelConfig(name="aligned_linear"),
-            feature_cfg=FeatureConfig(),
+            feature_cfg=logmel,
             training=TrainingConfig(batch_size=8, lr=0.5),
             privacy=PrivacyConfig(planned_steps=100, target_epsilon=8.0),
             seed=1,

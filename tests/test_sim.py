@@ -63,16 +63,22 @@ class TestDeterminism:
         assert a != (tmp_path / "c" / "metrics.jsonl").read_bytes()
         assert len(a.splitlines()) == sc.rounds
 
-    @pytest.mark.parametrize("model", ["dscnn", "aligned_linear"])
+    @pytest.mark.parametrize("model", ["embed_linear", "embed_mlp", "dscnn", "aligned_linear"])
     def test_real_learner_is_reproducible(
         self, tiny_corpus: Path, tmp_path: Path, model: str
     ) -> None:
         """The DP-SGD keyword model path is bit-reproducible too (seeded noise), for each model."""
+        kind = "speech_embedding" if model.startswith("embed_") else "logmel"
         sc = scenario(
             nodes=3,
             rounds=3,
             learner={"kind": "real", "model": model, "width": 8, "threads": 1},
-            data={"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
+            data={
+                "corpus": str(tiny_corpus),
+                "partition": "iid",
+                "cache_dir": None,
+                "features": {"kind": kind},
+            },
         )
         s1 = run_scenario(sc, tmp_path / "a", seed=1)
         run_scenario(sc, tmp_path / "b", seed=1)

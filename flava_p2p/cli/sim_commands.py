@@ -72,6 +72,95 @@ def _register_dataset(sub: Any) -> None:
     synth.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_logging_args(synth, top_level=False)
     synth.set_defaults(func=_cmd_synth)
+    _register_import(dsub)
+
+
+def _register_import(dsub: Any) -> None:
+    imp = dsub.add_parser(
+        "import",
+        help="convert a real speech corpus into the project's layout (16 kHz mono WAV)",
+        formatter_class=HelpFormatter,
+        description=(
+            "Convert a speech corpus into <out>/<label>/<speaker>_nohash_<n>.wav, 16 kHz mono\n"
+            "16-bit, the layout every flava command reads (centralized, data.corpus of a\n"
+            "simulation, a node's --data).\n\n"
+            "Sources (--layout auto detects them):\n"
+            "  speech_commands  <src>/<label>/*.wav|flac (+ _background_noise_/, list files)\n"
+            "  fsdd             Free Spoken Digit Dataset: flat <digit>_<speaker>_<n>.wav\n"
+            "  manifest         a CSV file with a path,label,speaker header\n\n"
+            "Every file is decoded and checked; files that cannot be used (corrupt, empty, not\n"
+            "audio, too long) are listed with the reason and skipped. Any sample rate and\n"
+            "channel count is accepted (resampled, downmixed). --test-speakers writes\n"
+            "testing_list.txt so every tool holds the same speakers out."
+        ),
+        epilog=(
+            "examples:\n"
+            "  flava-sim dataset import ~/free-spoken-digit-dataset/recordings --out data/fsdd\n"
+            "  flava-sim dataset import ~/speech_commands_v0.02 --out data/sc\n"
+            "  flava-sim dataset import clips.csv --out data/mine --test-speakers alice"
+        ),
+    )
+    imp.add_argument("src", help="source folder, or a CSV manifest")
+    imp.add_argument("--out", required=True, help="output folder (created if missing)")
+    imp.add_argument(
+        "--layout",
+        choices=["auto", "speech_commands", "fsdd", "manifest"],
+        default="auto",
+        help="source layout (default: detect)",
+    )
+    imp.add_argument(
+        "--test-speakers", default=None, metavar="A,B", help="write testing_list.txt for them"
+    )
+    imp.add_argument(
+        "--validation-speakers",
+        default=None,
+        metavar="A,B",
+        help="write validation_list.txt for them",
+    )
+    imp.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_logging_args(imp, top_level=False)
+    imp.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from flava_p2p.learning.corpus_import import import_corpus
+
+    with progress_bar() as bar:
+        task = bar.add_task("importing clips", total=None, info="")
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = import_corpus(
+            args.src,
+            args.out,
+            layout=args.layout,
+            test_speakers=args.test_speakers.split(",") if args.test_speakers else None,
+            validation_speakers=(
+                args.validation_speakers.split(",") if args.validation_speakers else None
+            ),
+            progress=on_progress,
+        )
+    if args.json:
+        print(json.dumps(asdict(report), ensure_ascii=False))
+        return 0
+    print(
+        f"imported {report.clips} clips ({report.layout} layout) into {report.out} in "
+        f"{report.seconds:.1f} s: {report.resampled} resampled to 16 kHz, {report.downmixed} "
+        f"downmixed to mono"
+        + (f", {report.background} background files" if report.background else "")
+    )
+    print("per label:   " + ", ".join(f"{k} {v}" for k, v in report.per_label.items()))
+    print("per speaker: " + ", ".join(f"{k} {v}" for k, v in report.per_speaker.items()))
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} file(s):")
+        for path, reason in list(report.skipped.items())[:20]:
+            print(f"  {reason}" if reason.startswith(path) else f"  {path}: {reason}")
+        if len(report.skipped) > 20:
+            print(f"  … and {len(report.skipped) - 20} more (all in import_report.json)")
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -118,18 +207,20 @@ def _register_centralized(sub: Any) -> None:
             "preferred), or, when there are none, a seeded --holdout-speakers fraction.\n"
             "With --dp-epsilon the run is DP-SGD with example-level (ε, δ) over the whole run;\n"
             "ε reported is the accountant's, never rounded down.\n\n"
-            "Every default below comes from the tuning sweep in docs/benchmarks.md and depends\n"
-            "on the model and on DP. Under DP the default model is aligned_linear (a fixed\n"
-            "energy-aligned, pooled log-mel front end + one linear layer): on the synthetic\n"
-            "corpus it beats the DS-CNN by ~12 points at ε = 8 because DP noise grows with\n"
-            "every learned parameter."
+            "The default model, embed_linear, is a linear head over a frozen pretrained speech\n"
+            "encoder (Google's speech_embedding, shipped in the package): only the head is\n"
+            "learned, so DP noise has ~2k coordinates to cover and the encoder, which never\n"
+            "sees private data, costs no privacy. dscnn and aligned_linear learn from log-mel.\n"
+            "Every default below comes from the sweeps in docs/benchmarks.md and depends on\n"
+            "the model and on DP."
         ),
         epilog=(
             "examples:\n"
             "  flava-sim centralized --data data/synth --json\n"
             "  flava-sim centralized --data data/synth --dp-epsilon 8\n"
-            "  flava-sim centralized --data data/synth --dp-epsilon 8 --model dscnn\n"
-            "  flava-sim centralized --data ../shared/data/fsdd_sc --holdout-speakers 0.34"
+            "  flava-sim centralized --data data/synth --dp-epsilon 8 --model aligned_linear\n"
+            "  flava-sim centralized --data data/fsdd --test-speakers theo --dp-epsilon 1\n"
+            "  flava-sim centralized --data data/synth_digits --eval-data data/fsdd"
         ),
     )
     cen.add_argument("--data", required=True, help="corpus root (Speech Commands layout)")
@@ -145,25 +236,35 @@ def _register_centralized(sub: Any) -> None:
         "--model",
         default=None,
         metavar="NAME",
-        help="registered keyword model: dscnn or aligned_linear (default dscnn non-private, "
-        "aligned_linear with DP)",
+        help="registered model: embed_linear (default), embed_mlp, aligned_linear, dscnn",
     )
     cen.add_argument(
-        "--epochs", type=int, default=None, help="epochs (default 30 non-private, 100 with DP)"
+        "--pooling",
+        choices=["meanmax", "mean", "attention"],
+        default="meanmax",
+        help="how embed_* heads pool window embeddings (default meanmax)",
+    )
+    cen.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default 30; 100 for the log-mel models under DP)",
     )
     cen.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="(expected) batch size (default 64 non-private, 512 with DP)",
+        help="(expected) batch size (default 64 non-private; with DP 256 for embed_*, 512 "
+        "for the log-mel models)",
     )
     cen.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate, cosine-decayed (default 0.1 non-private; with DP 0.5 for "
-        "aligned_linear, 4.0 for dscnn)",
+        help="peak learning rate, cosine-decayed (embed_*: 0.5, with DP 1.0; log-mel models: "
+        "0.1, with DP 0.5 for aligned_linear and 4.0 for dscnn)",
     )
+    cen.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     cen.add_argument(
         "--max-grad-norm",
         type=float,
@@ -174,7 +275,7 @@ def _register_centralized(sub: Any) -> None:
         "--width",
         type=int,
         default=None,
-        help="DS-CNN channels (default 64 non-private, 32 with DP: less noise)",
+        help="DS-CNN channels or embed_mlp hidden units (default 64; DS-CNN 32 with DP)",
     )
     cen.add_argument(
         "--augment-multiplicity",
@@ -203,7 +304,27 @@ def _register_centralized(sub: Any) -> None:
         type=float,
         default=0.3,
         metavar="FRAC",
-        help="held-out speaker fraction when there are no list files (default 0.3)",
+        help="held-out speakers when there are no list files: a fraction, or a count when "
+        ">= 1 (default 0.3)",
+    )
+    cen.add_argument(
+        "--test-speakers",
+        default=None,
+        metavar="A,B",
+        help="test on exactly these speakers (comma-separated); everyone else trains",
+    )
+    cen.add_argument(
+        "--loso",
+        action="store_true",
+        help="leave-one-speaker-out: hold out every speaker in turn (for corpora with few "
+        "speakers, e.g. FSDD's 6) and report each and the mean",
+    )
+    cen.add_argument(
+        "--eval-data",
+        default=None,
+        metavar="DIR",
+        help="train on every speaker of --data and test on every clip of this corpus "
+        "(same labels), e.g. synthetic speech in, real recordings out",
     )
     cen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     cen.add_argument(
@@ -224,17 +345,74 @@ def _register_centralized(sub: Any) -> None:
     cen.set_defaults(func=_cmd_centralized)
 
 
+#: Defaults per model family, non-private / DP, from the sweeps in docs/benchmarks.md.
+#: (epochs, batch, lr) — DP wants large expected batches and few learned parameters.
+_CENTRAL_DEFAULTS: dict[str, dict[bool, tuple[int, int, float]]] = {
+    "embed": {False: (30, 64, 0.5), True: (30, 256, 1.0)},
+    "aligned_linear": {False: (30, 64, 0.1), True: (100, 512, 0.5)},
+    "dscnn": {False: (30, 64, 0.1), True: (100, 512, 4.0)},
+}
+
+
+def _centralized_loso(
+    args: argparse.Namespace, kwargs: dict[str, Any], bar: Any, task: Any, on_progress: Any
+) -> int:
+    """Every speaker held out in turn; prints per-speaker and mean accuracy."""
+    import statistics
+
+    from flava_p2p.learning.centralized import run_centralized
+    from flava_p2p.learning.dataset import scan_corpus
+
+    speakers = sorted({u.speaker for u in scan_corpus(args.data).utterances})
+    folds: dict[str, dict[str, Any]] = {}
+    for k, speaker in enumerate(speakers):
+        bar.update(task, description=f"fold {k + 1}/{len(speakers)} ({speaker})")
+        folds[speaker] = run_centralized(
+            args.data, test_speakers=[speaker], progress=on_progress, **kwargs
+        )
+    accs = [r["accuracy"] for r in folds.values()]
+    first = next(iter(folds.values()))
+    result = {
+        "protocol": "leave-one-speaker-out",
+        "accuracy": statistics.fmean(accs),
+        "accuracy_by_speaker": {s: r["accuracy"] for s, r in folds.items()},
+        "worst_speaker_accuracy": min(accs),
+        "epsilon": max((r["epsilon"] or 0.0) for r in folds.values()) if args.dp_epsilon else None,
+        "delta": first["delta"],
+        "privacy_unit": first["privacy_unit"],
+        "noise_multiplier": first["noise_multiplier"],
+        **{k: first[k] for k in ("model", "features", "pooling", "parameters", "epochs", "lr")},
+        "batch_size": first["batch_size"],
+        "seed": args.seed,
+        "seconds": sum(r["seconds"] for r in folds.values()),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for speaker, acc in result["accuracy_by_speaker"].items():
+            print(f"  held out {speaker:<16} accuracy {acc:.4f}")
+        eps = f", ε = {result['epsilon']:.4f} (example-level)" if result["epsilon"] else ""
+        print(
+            f"leave-one-speaker-out over {len(speakers)} speakers: mean accuracy "
+            f"{result['accuracy']:.4f}, worst {result['worst_speaker_accuracy']:.4f}{eps}"
+        )
+    return 0
+
+
 def _cmd_centralized(args: argparse.Namespace) -> int:
     from flava_p2p.learning.centralized import run_centralized
     from flava_p2p.learning.trainer import set_threads
 
     set_threads(args.threads)
     dp = args.dp_epsilon is not None
-    # Model and defaults from the sweep in docs/benchmarks.md: DP wants large batches and few
-    # learned parameters.
-    model = args.model or ("aligned_linear" if dp else "dscnn")
-    epochs = args.epochs or (100 if dp else 30)
-    dp_lr = 0.5 if model == "aligned_linear" else 4.0
+    model = args.model or "embed_linear"
+    family = "embed" if model.startswith("embed_") else model
+    d_epochs, d_batch, d_lr = _CENTRAL_DEFAULTS.get(family, _CENTRAL_DEFAULTS["embed"])[dp]
+    epochs = args.epochs or d_epochs
+    test_speakers = args.test_speakers.split(",") if args.test_speakers else None
     with progress_bar() as bar:
         task = bar.add_task("training", total=epochs, info="")
 
@@ -242,23 +420,33 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             eps = f" ε={info['epsilon']:.3f}" if info.get("epsilon") is not None else ""
             bar.update(task, completed=done, info=f"loss={info['loss']:.3f}{eps}")
 
+        kwargs: dict[str, Any] = {
+            "dp_epsilon": args.dp_epsilon,
+            "delta": args.delta,
+            "epochs": epochs,
+            "batch_size": args.batch_size or d_batch,
+            "lr": args.lr or d_lr,
+            "momentum": args.momentum,
+            "max_grad_norm": args.max_grad_norm,
+            "width": args.width or (32 if dp and model == "dscnn" else 64),
+            "model": model,
+            "pooling": args.pooling,
+            "accountant": args.accountant,
+            "augment_multiplicity": args.augment_multiplicity,
+            "ema_decay": args.ema_decay,
+            "seed": args.seed,
+            "threads": args.threads,
+        }
+        if args.loso:
+            return _centralized_loso(args, kwargs, bar, task, on_progress)
         result = run_centralized(
             args.data,
-            dp_epsilon=args.dp_epsilon,
-            delta=args.delta,
-            epochs=epochs,
-            batch_size=args.batch_size or (512 if dp else 64),
-            lr=args.lr or (dp_lr if dp else 0.1),
-            max_grad_norm=args.max_grad_norm,
-            width=args.width or (32 if dp else 64),
-            model=model,
             holdout_speakers=args.holdout_speakers,
-            accountant=args.accountant,
-            augment_multiplicity=args.augment_multiplicity,
-            ema_decay=args.ema_decay,
-            seed=args.seed,
+            test_speakers=test_speakers,
+            eval_data=args.eval_data,
             checkpoint=args.save,
             progress=on_progress,
+            **kwargs,
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +455,8 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         privacy = (
-            f"example-level (ε={result['epsilon']:.4f}, δ={result['delta']:g})"
+            f"example-level (ε={result['epsilon']:.4f}, δ={result['delta']:g}) of the learned "
+            f"{'head' if model.startswith('embed_') else 'model'}"
             if result["epsilon"] is not None
             else "none (non-private)"
         )

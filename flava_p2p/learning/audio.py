@@ -33,6 +33,11 @@ def read_audio(path: str | Path) -> tuple[Waveform, int]:
     """Decode ``path`` to mono float32 in [-1, 1] and return it with its sample rate."""
     path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise AudioError(f"{path}: empty file (0 bytes); expected WAV or FLAC audio.")
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror or exc}).") from None
+    try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as exc:
         raise AudioError(
@@ -66,12 +71,15 @@ def resample(wave: Waveform, orig_rate: int, new_rate: int) -> Waveform:
     return result
 
 
-def fix_length(wave: Waveform, n_samples: int) -> Waveform:
-    """Zero-pad at the end or trim centred on the loudest region, to exactly ``n_samples``."""
+def fix_length(wave: Waveform, n_samples: int, center: bool = False) -> Waveform:
+    """Zero-pad (at the end, or on both sides with ``center``) or trim centred on the loudest
+    region, to exactly ``n_samples``."""
     if len(wave) == n_samples:
         return wave
     if len(wave) < n_samples:
-        return np.pad(wave, (0, n_samples - len(wave))).astype(np.float32, copy=False)
+        pad = n_samples - len(wave)
+        before = pad // 2 if center else 0
+        return np.pad(wave, (before, pad - before)).astype(np.float32, copy=False)
     # Keep the window with the most energy so a keyword in a long clip is not cut away.
     energy = np.cumsum(np.concatenate([[0.0], wave.astype(np.float64) ** 2]))
     window = energy[n_samples:] - energy[:-n_samples]
@@ -79,11 +87,14 @@ def fix_length(wave: Waveform, n_samples: int) -> Waveform:
     return wave[start : start + n_samples]
 
 
-def load_clip(path: str | Path, sample_rate: int = 16000, seconds: float = 1.0) -> Waveform:
-    """Read any supported file as a mono clip of exactly ``seconds`` at ``sample_rate``."""
+def load_clip(
+    path: str | Path, sample_rate: int = 16000, seconds: float = 1.0, center: bool = False
+) -> Waveform:
+    """Read any supported file as a mono clip of exactly ``seconds`` at ``sample_rate``
+    (shorter clips padded at the end, or centred with ``center``)."""
     wave, rate = read_audio(path)
     wave = resample(wave, rate, sample_rate)
-    return fix_length(wave, round(sample_rate * seconds))
+    return fix_length(wave, round(sample_rate * seconds), center)
 
 
 def _short(exc: BaseException) -> str:

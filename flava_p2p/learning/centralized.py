@@ -10,7 +10,14 @@ from typing import Any
 
 import structlog
 
-from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
+from flava_p2p.config import (
+    FeatureConfig,
+    ModelConfig,
+    PrivacyConfig,
+    TrainingConfig,
+    check_model_frontend,
+    default_features,
+)
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.dataset import load_features, scan_corpus
 from flava_p2p.learning.models import count_parameters
@@ -29,14 +36,19 @@ def run_centralized(
     lr: float = 0.1,
     max_grad_norm: float = 1.0,
     width: int = 64,
-    model: str = "dscnn",
+    model: str = "embed_linear",
+    pooling: str = "meanmax",
     holdout_speakers: float = 0.3,
+    eval_data: str | Path | None = None,
+    test_speakers: list[str] | None = None,
     accountant: str = "rdp",
     spec_augment: bool | None = None,
     augment_multiplicity: int = 1,
     ema_decay: float | None = None,
     features: FeatureConfig | None = None,
     seed: int = 0,
+    threads: int = 1,
+    momentum: float = 0.9,
     checkpoint: str | Path | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -48,15 +60,37 @@ def run_centralized(
     without DP and off with it (DP-SGD already underfits; masking adds more noise than it helps).
     With ``ema_decay`` the exponential moving average of the weights is evaluated
     and saved (post-processing, no privacy cost); the last iterate's accuracy is reported too.
+    ``holdout_speakers`` ≥ 1 is a number of speakers rather than a fraction. With ``eval_data``
+    the model trains on every speaker of ``data`` and is tested on every clip of ``eval_data``
+    (e.g. synthetic speech in, real recordings out); the label sets must match.
     """
     start = time.perf_counter()
-    feature_cfg = features or FeatureConfig()
-    scan = scan_corpus(data, holdout_speakers=holdout_speakers, seed=seed)
-    fs = load_features(scan, feature_cfg)
-    train, test = fs.split("train"), fs.split("test")
-    if not scan.has_lists or len(test) == 0:
-        # Held out by --holdout-speakers: evaluate on every held-out speaker.
-        test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
+    try:
+        check_model_frontend(model, (features or default_features(model)).kind, "--model")
+    except ValueError as exc:
+        raise FlavaError(str(exc)) from None
+    feature_cfg = features or default_features(model)
+    scan = scan_corpus(
+        data,
+        holdout_speakers=0 if eval_data else holdout_speakers,
+        seed=seed,
+        test_speakers=test_speakers,
+    )
+    fs = load_features(scan, feature_cfg, threads=threads)
+    if eval_data is not None:
+        train = fs
+        eval_scan = scan_corpus(eval_data)
+        if eval_scan.labels != scan.labels:
+            raise FlavaError(
+                f"{eval_data}: labels {eval_scan.labels} differ from the training corpus' "
+                f"{scan.labels}; evaluation needs the same label folders."
+            )
+        test = load_features(eval_scan, feature_cfg, threads=threads)
+    else:
+        train, test = fs.split("train"), fs.split("test")
+        if not scan.has_lists or len(test) == 0:
+            # Held out by --holdout-speakers: evaluate on every held-out speaker.
+            test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
     if len(test) == 0:
         raise FlavaError(
             f"{data}: no held-out speakers; add validation/testing list files or pass "
@@ -72,7 +106,7 @@ def run_centralized(
         planned_steps=total,
         accountant=accountant,
     )
-    model_cfg = ModelConfig(name=model, width=width)
+    model_cfg = ModelConfig.model_validate({"name": model, "width": width, "pooling": pooling})
     trainer = LocalTrainer(
         train,
         model_cfg=model_cfg,
@@ -80,6 +114,7 @@ def run_centralized(
         training=TrainingConfig(
             batch_size=batch_size,
             lr=lr,
+            momentum=momentum,
             spec_augment=(dp_epsilon is None) if spec_augment is None else spec_augment,
             augment_multiplicity=augment_multiplicity,
         ),
@@ -117,10 +152,15 @@ def run_centralized(
         "n_test": len(test),
         "n_train_speakers": len(set(train.speakers)),
         "n_test_speakers": len(set(test.speakers)),
+        "test_speakers": sorted(set(test.speakers)),
+        "eval_data": str(eval_data) if eval_data is not None else None,
+        "encoded_clips": fs.encoded + (test.encoded if eval_data is not None else 0),
         "skipped_files": len(fs.skipped),
         "labels": fs.label_names,
         "model": model,
-        "width": width if model == "dscnn" else None,
+        "features": feature_cfg.kind,
+        "pooling": pooling if model.startswith("embed_") else None,
+        "width": width if model in ("dscnn", "embed_mlp") else None,
         "parameters": count_parameters(trainer.model),
         "epochs": epochs,
         "batch_size": batch_size,

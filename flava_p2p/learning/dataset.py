@@ -9,9 +9,8 @@ in a warning — never a crash.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,14 @@ import torch
 from flava_p2p.config import FeatureConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.audio import AUDIO_EXTENSIONS, AudioError, load_clip
-from flava_p2p.learning.features import FeatureExtractor
+from flava_p2p.learning.feature_store import default_cache_dir, open_store
+from flava_p2p.learning.features import Frontend, frontend_identity, make_frontend
 
 log = structlog.get_logger(__name__)
 
 Split = Literal["train", "validation", "test"]
 BACKGROUND_DIR = "_background_noise_"
 _SPEAKER_RE = re.compile(r"^(?P<speaker>.+?)_nohash_(?P<n>\d+)$")
-CACHE_VERSION = 1
 
 
 class DatasetError(FlavaError):
@@ -59,11 +58,18 @@ class ScanResult:
     has_lists: bool = False
 
 
-def scan_corpus(root: str | Path, holdout_speakers: float = 0.0, seed: int = 0) -> ScanResult:
+def scan_corpus(
+    root: str | Path,
+    holdout_speakers: float = 0.0,
+    seed: int = 0,
+    test_speakers: list[str] | None = None,
+) -> ScanResult:
     """Find every audio file and assign it a label, speaker and split.
 
     With list files, they decide the split. Without them, a ``holdout_speakers`` fraction of
-    speakers (seeded choice) is split evenly into validation and test; 0 means all train.
+    speakers (or, when ≥ 1, that many speakers; seeded choice) is split evenly into validation
+    and test; 0 means all train. ``test_speakers`` names the test speakers explicitly (list
+    files are then ignored; everyone else trains).
     """
     root = Path(root)
     if not root.is_dir():
@@ -94,21 +100,11 @@ def scan_corpus(root: str | Path, holdout_speakers: float = 0.0, seed: int = 0) 
     if not found:
         raise DatasetError(f"{root}: label folders contain no .wav or .flac files.")
 
-    held_val: set[str] = set()
-    held_test: set[str] = set()
-    if not has_lists and holdout_speakers > 0:
-        speakers = sorted({f[2] for f in found})
-        n_hold = max(2, round(holdout_speakers * len(speakers)))
-        if n_hold >= len(speakers):
-            raise DatasetError(
-                f"{root}: holding out {n_hold} of {len(speakers)} speakers leaves none to train on;"
-                f" lower --holdout-speakers."
-            )
-        order = np.random.default_rng(seed).permutation(len(speakers))
-        chosen = [speakers[i] for i in order[:n_hold]]
-        held_test = set(chosen[: (n_hold + 1) // 2])
-        held_val = set(chosen[(n_hold + 1) // 2 :])
-
+    held_val, held_test = _held_out_speakers(
+        root, found, has_lists, holdout_speakers, seed, test_speakers
+    )
+    if test_speakers:
+        val_list, test_list, has_lists = set(), set(), False
     utterances = []
     for path, label, speaker, rel in found:
         split: Split = "train"
@@ -123,6 +119,41 @@ def scan_corpus(root: str | Path, holdout_speakers: float = 0.0, seed: int = 0) 
         else []
     )
     return ScanResult(root, utterances, labels, background, has_lists)
+
+
+def _held_out_speakers(
+    root: Path,
+    found: list[tuple[Path, str, str, str]],
+    has_lists: bool,
+    holdout_speakers: float,
+    seed: int,
+    test_speakers: list[str] | None,
+) -> tuple[set[str], set[str]]:
+    """(validation, test) speakers chosen by name, or by a seeded fraction/count."""
+    speakers = sorted({f[2] for f in found})
+    if test_speakers:
+        unknown = sorted(set(test_speakers) - set(speakers))
+        if unknown:
+            raise DatasetError(
+                f"{root}: test speaker(s) {', '.join(unknown)} not in the corpus; its speakers "
+                f"are {', '.join(speakers)}."
+            )
+        return set(), set(test_speakers)
+    if has_lists or holdout_speakers <= 0:
+        return set(), set()
+    n_hold = (
+        int(holdout_speakers)
+        if holdout_speakers >= 1
+        else max(2, round(holdout_speakers * len(speakers)))
+    )
+    if n_hold >= len(speakers):
+        raise DatasetError(
+            f"{root}: holding out {n_hold} of {len(speakers)} speakers leaves none to train on;"
+            f" lower --holdout-speakers."
+        )
+    order = np.random.default_rng(seed).permutation(len(speakers))
+    chosen = [speakers[i] for i in order[:n_hold]]
+    return set(chosen[(n_hold + 1) // 2 :]), set(chosen[: (n_hold + 1) // 2])
 
 
 def _read_list(path: Path) -> set[str]:
@@ -146,6 +177,10 @@ class FeatureSet:
     paths: list[str]
     label_names: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    encoded: int = 0
+    """Clips run through the front end by the load that made this set (cache misses)."""
+    cache_hits: int = 0
+    """Clips whose features came from the cache."""
 
     def subset(self, idx: np.ndarray | list[int]) -> FeatureSet:
         """Rows ``idx`` as a new FeatureSet (shares no storage with the original)."""
@@ -173,86 +208,102 @@ def load_features(
     cfg: FeatureConfig,
     cache_dir: str | Path | None = None,
     batch: int = 256,
+    threads: int = 1,
 ) -> FeatureSet:
-    """Decode and featurise every utterance, reusing a cache keyed on files + feature settings."""
-    key = _cache_key(scan, cfg)
-    cache = Path(cache_dir) if cache_dir else scan.root / ".flava_cache"
-    cache_file = cache / f"features-{key}.npz"
-    if cache_file.is_file():
+    """Decode and featurise every utterance; clips already in the feature cache are not
+    decoded or encoded again (the cache is keyed by file content and front end, see
+    :mod:`feature_store`). ``FeatureSet.encoded`` / ``cache_hits`` say which was which."""
+    frontend = make_frontend(cfg, threads)
+    ident = frontend_identity(cfg)
+    store = open_store(Path(cache_dir) if cache_dir else default_cache_dir())
+    digests, skipped = _digests(scan)
+    known = [d for d in digests if d is not None]
+    cached = store.get_many(ident, known) if store is not None else {}
+    new = _encode_missing(scan, digests, cached, frontend, cfg, batch)
+    if store is not None:
         try:
-            return _read_cache(cache_file, scan)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning(
-                "feature cache unreadable; rebuilding", file=str(cache_file), error=str(exc)
-            )
+            store.put_many(ident, new.items())
+        except sqlite3.Error as exc:  # a full disk or locked cache only costs a re-encode later
+            log.warning("could not write the feature cache", error=str(exc))
+        store.close()
 
-    extractor = FeatureExtractor(cfg)
-    n_samples = round(cfg.sample_rate * cfg.clip_seconds)
     kept: list[Utterance] = []
-    skipped: dict[str, str] = {}
-    feats: list[torch.Tensor] = []
-    waves: list[np.ndarray] = []
-    for utt in scan.utterances:
-        try:
-            waves.append(load_clip(utt.path, cfg.sample_rate, cfg.clip_seconds))
-            kept.append(utt)
-        except AudioError as exc:
-            skipped[str(utt.path)] = str(exc)
-            log.warning("skipping unreadable audio file", file=str(utt.path), reason=str(exc))
-        if len(waves) == batch:
-            feats.append(extractor(torch.from_numpy(np.stack(waves))))
-            waves = []
-    if waves:
-        feats.append(extractor(torch.from_numpy(np.stack(waves))))
+    rows: list[np.ndarray] = []
+    hits = 0
+    for utt, digest in zip(scan.utterances, digests, strict=True):
+        if digest is None:
+            continue
+        entry = cached.get(digest)
+        hits += entry is not None
+        entry = new[digest] if entry is None else entry
+        if isinstance(entry, str):
+            skipped[str(utt.path)] = _reason_for(utt.path, entry)
+            continue
+        kept.append(utt)
+        rows.append(entry)
     if skipped:
+        for path, reason in list(skipped.items())[:5]:
+            log.warning("skipping unreadable audio file", file=path, reason=reason)
         log.warning("skipped unreadable audio files", count=len(skipped), root=str(scan.root))
-    features = (
-        torch.cat(feats) if feats else torch.zeros((0, 1, extractor.n_features, extractor.n_frames))
-    )
-    assert features.shape[-1] == extractor.n_frames or n_samples == 0
+    shape = (0, 1, frontend.n_features, frontend.n_frames)
+    features = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(shape)
     fs = _feature_set(features.contiguous(), kept, scan, skipped)
-    _write_cache(cache_file, fs, scan.root)
+    fs.encoded = sum(1 for v in new.values() if not isinstance(v, str))
+    fs.cache_hits = hits
     return fs
 
 
-def _cache_key(scan: ScanResult, cfg: FeatureConfig) -> str:
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {"v": CACHE_VERSION, "features": cfg.model_dump(mode="json")}, sort_keys=True
-        ).encode()
-    )
-    for u in scan.utterances:
-        st = u.path.stat()
-        h.update(f"{u.path.relative_to(scan.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
+def _digests(scan: ScanResult) -> tuple[list[bytes | None], dict[str, str]]:
+    """SHA-256 of every file's bytes (None, and a reason, for files that cannot be read)."""
+    digests: list[bytes | None] = []
+    skipped: dict[str, str] = {}
+    for utt in scan.utterances:
+        try:
+            digests.append(hashlib.sha256(utt.path.read_bytes()).digest())
+        except OSError as exc:
+            digests.append(None)
+            skipped[str(utt.path)] = f"{utt.path}: cannot read ({exc})"
+    return digests, skipped
 
 
-def _write_cache(path: Path, fs: FeatureSet, root: Path) -> None:
-    """Atomic write; plain numeric and unicode arrays only, so reading needs no unpickling."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Per-process temp name: parallel runs (sweeps, two centralized seeds) share the cache.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        rel = np.array([str(Path(p).relative_to(root)) for p in fs.paths], dtype=np.str_)
-        skipped = np.array([str(Path(p).relative_to(root)) for p in fs.skipped], dtype=np.str_)
-        np.savez(tmp, features=fs.features.numpy(), paths=rel, skipped=skipped)
-        tmp.replace(path)
-    except OSError as exc:  # a read-only data dir just means no cache
-        log.warning("could not write feature cache", file=str(path), error=str(exc))
+def _encode_missing(
+    scan: ScanResult,
+    digests: list[bytes | None],
+    cached: dict[bytes, np.ndarray | str],
+    frontend: Frontend,
+    cfg: FeatureConfig,
+    batch: int,
+) -> dict[bytes, np.ndarray | str]:
+    """Features (or the decode error) of every clip not in ``cached``, each content once."""
+    new: dict[bytes, np.ndarray | str] = {}
+    pending: list[tuple[bytes, np.ndarray]] = []
+
+    def flush() -> None:
+        feats = frontend(torch.from_numpy(np.stack([w for _, w in pending]))).numpy()
+        for (digest, _), f in zip(pending, feats, strict=True):
+            new[digest] = f
+        pending.clear()
+
+    for utt, digest in zip(scan.utterances, digests, strict=True):
+        if digest is None or digest in cached or digest in new:
+            continue
+        try:
+            wave = load_clip(utt.path, cfg.sample_rate, cfg.clip_seconds, frontend.center)
+        except AudioError as exc:
+            new[digest] = str(exc)
+            continue
+        pending.append((digest, wave))
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    return new
 
 
-def _read_cache(path: Path, scan: ScanResult) -> FeatureSet:
-    with np.load(path, allow_pickle=False) as data:
-        rel = [str(p) for p in data["paths"]]
-        features = torch.from_numpy(np.array(data["features"], dtype=np.float32))
-        skipped_rel = [str(p) for p in data["skipped"]]
-    by_rel = {str(u.path.relative_to(scan.root)): u for u in scan.utterances}
-    kept = [by_rel[r] for r in rel]
-    skipped = {str(scan.root / r): "unreadable (cached decision)" for r in skipped_rel}
-    if skipped:
-        log.warning("skipped unreadable audio files", count=len(skipped), root=str(scan.root))
-    return _feature_set(features, kept, scan, skipped)
+def _reason_for(path: Path, reason: str) -> str:
+    """A cached error names the file it was first seen in; name this one."""
+    first, sep, rest = reason.partition(": ")
+    return f"{path}: {rest}" if sep and first.endswith(tuple(AUDIO_EXTENSIONS)) else reason
 
 
 def _feature_set(

@@ -1,16 +1,103 @@
-"""Acoustic features (torchaudio log-mel or MFCC) and SpecAugment masking for training."""
+"""Front ends: clip → feature map, and SpecAugment masking for training.
+
+Two kinds, one interface (:class:`Frontend`): the frozen pretrained speech encoder
+(``speech_embedding``: (B, 1, 96, windows) embeddings) and classic log-mel / MFCC features
+(torchaudio, (B, 1, bands, frames)) for the models that learn their own front end.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Protocol
+
+import numpy as np
 import torch
 import torchaudio.transforms as tat
 from torch import nn
 
 from flava_p2p.config import FeatureConfig
+from flava_p2p.learning.encoder import load_encoder
+
+#: Bump when the computation behind a front end changes, so cached features are not reused.
+FRONTEND_VERSION = 2
+
+
+class Frontend(Protocol):
+    """Waveforms (B, T) at ``cfg.sample_rate`` → features (B, 1, n_features, n_frames)."""
+
+    cfg: FeatureConfig
+
+    @property
+    def n_features(self) -> int:
+        """Height of the feature map."""
+        ...
+
+    @property
+    def n_frames(self) -> int:
+        """Width of the feature map for one clip."""
+        ...
+
+    @property
+    def center(self) -> bool:
+        """Whether clips shorter than the window are centred (else padded at the end)."""
+        ...
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of clips."""
+        ...
+
+
+def frontend_identity(cfg: FeatureConfig) -> str:
+    """Digest of everything that determines a clip's features: the settings, the encoder's
+    pinned hash and :data:`FRONTEND_VERSION`. Keys the feature cache; two equal identities
+    give the same features for the same audio."""
+    desc = {"v": FRONTEND_VERSION, "features": cfg.model_dump(mode="json")}
+    if cfg.kind == "speech_embedding":
+        from flava_p2p.learning.encoder import encoder_spec
+
+        desc["encoder"] = encoder_spec(cfg.kind).identity
+    blob = json.dumps(desc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def make_frontend(cfg: FeatureConfig, threads: int = 1) -> Frontend:
+    """The front end ``cfg.kind`` (an encoder session uses ``threads`` CPU threads)."""
+    if cfg.kind == "speech_embedding":
+        return EmbeddingFrontend(cfg, threads)
+    return FeatureExtractor(cfg)
+
+
+class EmbeddingFrontend:
+    """The frozen speech encoder: (B, T) 16 kHz clips → (B, 1, dim, windows) embeddings."""
+
+    center = True  # short words sit in the middle: every window sees them with context
+
+    def __init__(self, cfg: FeatureConfig, threads: int = 1) -> None:
+        self.cfg = cfg
+        self.encoder = load_encoder(cfg.kind, threads)
+        self._samples = round(cfg.sample_rate * cfg.clip_seconds)
+
+    @property
+    def n_features(self) -> int:
+        """Embedding width."""
+        return self.encoder.spec.dim
+
+    @property
+    def n_frames(self) -> int:
+        """Embeddings per clip."""
+        return self.encoder.spec.windows(self._samples)
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        """Encode a batch (no gradients: the encoder is frozen)."""
+        emb = self.encoder.encode(np.asarray(waves.detach().numpy(), dtype=np.float32))
+        return torch.from_numpy(emb).transpose(1, 2).unsqueeze(1).contiguous()
 
 
 class FeatureExtractor(nn.Module):
-    """Waveforms (B, T) at ``cfg.sample_rate`` → features (B, 1, n_features, frames)."""
+    """Log-mel or MFCC: waveforms (B, T) at ``cfg.sample_rate`` → (B, 1, n_features, frames)."""
+
+    center = False
 
     def __init__(self, cfg: FeatureConfig) -> None:
         super().__init__()

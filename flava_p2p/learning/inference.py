@@ -13,7 +13,7 @@ from flava_p2p.config import FeatureConfig, ModelConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.audio import load_clip
 from flava_p2p.learning.checkpoint import load_checkpoint
-from flava_p2p.learning.features import FeatureExtractor
+from flava_p2p.learning.features import make_frontend
 from flava_p2p.learning.models import build_model
 
 
@@ -28,7 +28,7 @@ class Prediction:
 class KeywordSpotter:
     """A loaded keyword model with its feature front end."""
 
-    def __init__(self, checkpoint: str | Path) -> None:
+    def __init__(self, checkpoint: str | Path, threads: int = 1) -> None:
         ckpt = load_checkpoint(checkpoint)
         try:
             self.model_cfg = ModelConfig.model_validate(ckpt.meta["model"])
@@ -36,7 +36,7 @@ class KeywordSpotter:
             self.labels = [str(x) for x in ckpt.meta["labels"]]
         except (KeyError, ValueError) as exc:
             raise FlavaError(f"{checkpoint}: checkpoint metadata is incomplete ({exc}).") from None
-        self.extractor = FeatureExtractor(self.feature_cfg)
+        self.extractor = make_frontend(self.feature_cfg, threads)
         self.model: nn.Module = build_model(
             self.model_cfg, len(self.labels), self.extractor.n_features, self.extractor.n_frames
         )
@@ -60,5 +60,6 @@ class KeywordSpotter:
 
     def predict_file(self, path: str | Path, k: int = 3) -> Prediction:
         """Top-k for one file of any common rate, mono or stereo (AudioError if not audio)."""
-        wave = load_clip(path, self.feature_cfg.sample_rate, self.feature_cfg.clip_seconds)
+        fc = self.feature_cfg
+        wave = load_clip(path, fc.sample_rate, fc.clip_seconds, self.extractor.center)
         return Prediction(str(path), self.predict_waves(wave[None, :], k)[0])

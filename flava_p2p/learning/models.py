@@ -1,4 +1,8 @@
-"""Keyword-spotting models, registered by name; all Opacus-compatible (GroupNorm, no BatchNorm)."""
+"""Keyword-spotting models, registered by name; all Opacus-compatible (GroupNorm, no BatchNorm).
+
+``embed_*`` are heads over the frozen speech encoder's window embeddings (the default: only
+the head is learned, under DP); ``dscnn`` and ``aligned_linear`` learn from log-mel features.
+"""
 
 from __future__ import annotations
 
@@ -124,6 +128,74 @@ def _aligned_linear(cfg: ModelConfig, n_classes: int, n_features: int, n_frames:
     return AlignedLinear(n_classes, n_features, n_frames)
 
 
+class EmbeddingHead(nn.Module):
+    """Pool the encoder's window embeddings, L2-normalise, classify.
+
+    Input (B, 1, dim, windows). Pooling: ``meanmax`` (mean and max over windows, concatenated),
+    ``mean``, or ``attention`` (a learned score per window, softmax-weighted mean). The pooled
+    vector is L2-normalised per clip: every example then has the same norm, so its gradient is
+    bounded before DP clipping and clipping discards little signal. ``hidden`` > 0 adds one
+    ReLU layer (the ``embed_mlp`` head); otherwise the head is linear (a convex problem).
+    """
+
+    def __init__(self, n_classes: int, dim: int, pooling: str = "meanmax", hidden: int = 0):
+        super().__init__()
+        self.pooling = pooling
+        self.attn = nn.Linear(dim, 1) if pooling == "attention" else None
+        pooled = 2 * dim if pooling == "meanmax" else dim
+        self.body: nn.Module
+        if hidden > 0:
+            self.body = nn.Sequential(
+                nn.Linear(pooled, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+            )
+        else:
+            self.body = nn.Linear(pooled, n_classes)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, dim, W) → (B, pooled) L2-normalised clip vectors."""
+        e = x.squeeze(1)  # (B, dim, W): reducing over the last, contiguous axis is fast
+        if self.pooling == "meanmax":
+            f = torch.cat([e.mean(-1), e.amax(-1)], dim=1)
+        elif self.attn is not None:
+            scores = self.attn(e.transpose(1, 2)).squeeze(-1)  # (B, W)
+            f = (torch.softmax(scores, dim=1).unsqueeze(1) * e).sum(-1)
+        else:
+            f = e.mean(-1)
+        return F.normalize(f, dim=1)
+
+    @property
+    def fixed_pooling(self) -> bool:
+        """Pooling has no learned parameters, so pooled features can be computed once."""
+        return self.attn is None
+
+    @property
+    def is_linear(self) -> bool:
+        """The classifier is one linear layer (softmax regression on the pooled vector)."""
+        return isinstance(self.body, nn.Linear)
+
+    @torch.no_grad()
+    def precompute(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Pooled clip vectors of ``x`` when pooling is fixed (None otherwise). ``forward``
+        accepts them in place of the embeddings: the trainer pools each clip once, not once per
+        step (a fixed function of one clip, so it costs no privacy)."""
+        return self.pool(x) if self.fixed_pooling else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x if x.dim() == 2 else self.pool(x)
+        logits: torch.Tensor = self.body(f)
+        return logits
+
+
+@register_model("embed_linear")
+def _embed_linear(cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int) -> nn.Module:
+    return EmbeddingHead(n_classes, n_features, cfg.pooling)
+
+
+@register_model("embed_mlp")
+def _embed_mlp(cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int) -> nn.Module:
+    return EmbeddingHead(n_classes, n_features, cfg.pooling, hidden=cfg.width)
+
+
 #: Inference batch: on CPU, 64 clips per forward measured 2.6× faster than 512 for the DS-CNN
 #: (activations stay in cache) and needs ~60 MB less peak memory on a node.
 EVAL_BATCH = 64
@@ -142,17 +214,60 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def schema_card(
+    model_cfg: ModelConfig, feature_cfg: FeatureConfig, labels: list[str], model: nn.Module
+) -> dict[str, str]:
+    """Short, human-readable description of what two nodes must share to merge weights.
+
+    Peers exchange it when they meet, so a mismatch is reported as *what* differs (encoder,
+    front end, head, labels, parameter layout), not just as two unequal hashes.
+    """
+    fc = feature_cfg
+    if fc.kind == "speech_embedding":
+        from flava_p2p.learning.encoder import encoder_spec
+
+        encoder = encoder_spec(fc.kind).identity
+        front = f"{fc.sample_rate} Hz, {fc.clip_seconds:g} s"
+    else:
+        encoder = "none (learned front end)"
+        n = fc.n_mfcc if fc.kind == "mfcc" else fc.n_mels
+        front = (
+            f"{fc.kind} {n} bands, {fc.win_ms:g}/{fc.hop_ms:g} ms, {fc.sample_rate} Hz, "
+            f"{fc.clip_seconds:g} s"
+        )
+    head = model_cfg.name
+    if model_cfg.name.startswith("embed_"):
+        head += f" (pooling {model_cfg.pooling}"
+        head += f", hidden {model_cfg.width})" if model_cfg.name == "embed_mlp" else ")"
+    elif model_cfg.name == "dscnn":
+        head += f" (width {model_cfg.width})"
+    layout = json.dumps([[n, list(p.shape)] for n, p in model.named_parameters()])
+    label_blob = json.dumps(labels, ensure_ascii=False).encode("utf-8")
+    shown = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "")
+    return {
+        "encoder": encoder,
+        "features": front,
+        "head": head,
+        "labels": f"{len(labels)} labels ({shown}; "
+        f"sha256 {hashlib.sha256(label_blob).hexdigest()[:12]})",
+        "parameters": f"{count_parameters(model)} "
+        f"(layout sha256 {hashlib.sha256(layout.encode()).hexdigest()[:12]})",
+    }
+
+
 def schema_hash(
     model_cfg: ModelConfig, feature_cfg: FeatureConfig, labels: list[str], model: nn.Module
 ) -> str:
     """Stable hex digest of everything two nodes must share to merge weights.
 
     Covers architecture (name, settings, every parameter's name and shape, in order), the
-    feature front end, and the label set in order. Independent of torch version and weights.
+    front end (settings and, for a pretrained encoder, its pinned file hash) and the label set
+    in order. Independent of torch version and weights.
     """
     desc = {
         "model": model_cfg.model_dump(mode="json"),
         "features": feature_cfg.model_dump(mode="json"),
+        "card": schema_card(model_cfg, feature_cfg, labels, model),
         "labels": labels,
         "params": [[n, list(p.shape)] for n, p in model.named_parameters()],
     }

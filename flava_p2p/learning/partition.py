@@ -22,7 +22,10 @@ def by_speaker(
     """Natural partition: each part gets whole speakers.
 
     Give ``speakers_per_part`` (k speakers per node; the number of parts follows) or ``n_parts``
-    (speakers dealt round-robin after a seeded shuffle). Default: one speaker per part.
+    (speakers dealt round-robin after a seeded shuffle). Default: one speaker per part. With
+    more parts than speakers, each speaker's clips are split over several parts (as evenly as
+    possible, seeded), so every part still holds one speaker's voice: several devices of one
+    person.
     """
     names = sorted(set(speakers))
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
@@ -36,14 +39,32 @@ def by_speaker(
     else:
         n_parts = n_parts or len(order)
         if n_parts > len(order):
-            raise PartitionError(
-                f"{n_parts} nodes but only {len(order)} speakers; use fewer nodes or an "
-                f"`iid`/`dirichlet` partition."
-            )
+            return _split_speakers(speakers, order, n_parts, seed)
         groups = [order[i::n_parts] for i in range(n_parts)]
     part_of = {spk: p for p, group in enumerate(groups) for spk in group}
     owner = np.array([part_of[s] for s in speakers], dtype=np.int64)
     return [np.flatnonzero(owner == p) for p in range(len(groups))]
+
+
+def _split_speakers(
+    speakers: Sequence[str], order: list[str], n_parts: int, seed: int
+) -> list[np.ndarray]:
+    """More parts than speakers: speaker k (in seeded order) gets n_parts // S parts, the first
+    n_parts % S speakers one more; its clips are shuffled and split evenly over them."""
+    rng = np.random.default_rng([seed, 1])
+    spk = np.asarray(speakers)
+    base, extra = divmod(n_parts, len(order))
+    parts: list[np.ndarray] = []
+    for k, name in enumerate(order):
+        own = rng.permutation(np.flatnonzero(spk == name))
+        n_here = base + (1 if k < extra else 0)
+        if n_here > len(own):
+            raise PartitionError(
+                f"speaker {name!r} has {len(own)} clips, too few for {n_here} nodes; use fewer "
+                f"nodes."
+            )
+        parts.extend(np.sort(chunk) for chunk in np.array_split(own, n_here))
+    return parts
 
 
 def iid(n_items: int, n_parts: int, seed: int = 0) -> list[np.ndarray]:

@@ -61,6 +61,8 @@ UNKNOWN_WORDS = (
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
 BACKGROUND = "_background_noise_"
+#: Present while a corpus is being written; a folder holding it was interrupted.
+INCOMPLETE_MARKER = ".synthesis-incomplete"
 
 # espeak-ng's built-in English accents (no mbrola data needed) and voice variants.
 ACCENTS = (
@@ -283,6 +285,7 @@ def synthesize_corpus(
         raise SynthError("--speakers must be at least 3 (train, validation and test speakers).")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE_MARKER).touch()
     background = tuple(str(p) for p in make_background(out / BACKGROUND, seed))
     speakers = make_speakers(n_speakers, seed)
     rng = np.random.default_rng([seed, 3])
@@ -337,6 +340,7 @@ def synthesize_corpus(
         str(out), n_speakers, len(jobs), labels, len(val), len(test), time.perf_counter() - start
     )
     (out / "corpus.json").write_text(json.dumps(asdict(summary) | {"seed": seed, "takes": takes}))
+    (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
     return summary
 
 

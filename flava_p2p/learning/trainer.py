@@ -29,8 +29,15 @@ from flava_p2p.learning.checkpoint import Checkpoint, load_checkpoint, save_chec
 from flava_p2p.learning.dataset import FeatureSet
 from flava_p2p.learning.features import spec_augment, time_shift
 from flava_p2p.learning.ledger import BudgetState, PrivacyLedger
+from flava_p2p.learning.linear_dp import clipped_noised_grads
 from flava_p2p.learning.metrics import classification_report
-from flava_p2p.learning.models import build_model, predict_classes, schema_hash
+from flava_p2p.learning.models import (
+    EmbeddingHead,
+    build_model,
+    predict_classes,
+    schema_card,
+    schema_hash,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +80,7 @@ class LocalTrainer:
         noise_seed: int | None = None,
         checkpoint_path: str | Path | None = None,
         ema_decay: float | None = None,
+        closed_form_dp: bool = True,
     ) -> None:
         if len(train_set) == 0:
             raise FlavaError("no training examples: the node's data folder has no usable audio.")
@@ -93,32 +101,37 @@ class LocalTrainer:
             seed if genesis_seed is None else genesis_seed,
         )
         self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model)
+        self.schema_card = schema_card(model_cfg, feature_cfg, self.label_names, self.model)
         self._aug_gen = torch.Generator().manual_seed(seed + 1)
-        data_gen = torch.Generator().manual_seed(seed + 2)
-        batch = min(training.batch_size, self.n_train)
-        loader = DataLoader(
-            TensorDataset(train_set.features, train_set.labels),
-            batch_size=batch,
-            shuffle=not privacy.enabled,
-            generator=data_gen,
-        )
+        self._data_gen = torch.Generator().manual_seed(seed + 2)
+        self._prepare_inputs(train_set, closed_form_dp and privacy.enabled)
+        self._batch = min(training.batch_size, self.n_train)
+        # Batches are drawn by indexing the tensors directly: a DataLoader fetches and collates
+        # example by example, which cost more than the whole step of a small head.
+        self._order = torch.zeros(0, dtype=torch.int64)
+        self._cursor = 0
         optimizer = torch.optim.SGD(
             self.model.parameters(), lr=training.lr, momentum=training.momentum
         )
         self.ledger: PrivacyLedger | None = None
         self._trainable: nn.Module = self.model
+        #: Poisson sampling rate q under DP: each example joins each step's batch independently.
+        self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
         if privacy.enabled:
             from opacus import PrivacyEngine
 
-            sample_rate = 1 / len(loader)
-            self.ledger = PrivacyLedger.plan(privacy, sample_rate)
+            self.ledger = PrivacyLedger.plan(privacy, self.sample_rate)
             # Real nodes draw DP noise from OS entropy: a noise seed an attacker could learn from
             # the config would void the guarantee. Simulations pass one for reproducibility.
             gen = torch.Generator().manual_seed(
                 noise_seed if noise_seed is not None else secrets.randbits(63)
             )
             self._engine = PrivacyEngine(accountant=privacy.accountant)
-            self._trainable, optimizer, loader = self._engine.make_private(
+            # Opacus derives q and the expected batch size from a loader; batches themselves
+            # come from _poisson_batch, which samples exactly as Opacus' own Poisson sampler
+            # does (one uniform draw per example, kept when below q).
+            loader = DataLoader(TensorDataset(self._x, self._y), batch_size=self._batch)
+            self._trainable, optimizer, _ = self._engine.make_private(
                 module=self.model,
                 optimizer=optimizer,
                 data_loader=loader,
@@ -130,8 +143,6 @@ class LocalTrainer:
             # The ledger is the single source of truth; the engine's own hook would count twice.
             optimizer.step_hook = None
         self.optimizer = optimizer
-        self.loader = loader
-        self._batches = iter(self.loader)
         self.criterion = nn.CrossEntropyLoss()
         # Exponential moving average of the weights (De et al. 2022): pure post-processing of the
         # DP-SGD iterates, so it costs no privacy, and it averages out much of the step noise.
@@ -146,6 +157,25 @@ class LocalTrainer:
             self._restore(self.checkpoint_path)
         elif self.checkpoint_path:
             self.save()  # from the start there is always a loadable checkpoint (ε = 0)
+
+    def _prepare_inputs(self, train_set: FeatureSet, closed_form: bool) -> None:
+        """Training tensors, pooled once when the head's pooling is fixed; decide the DP path."""
+        self._x, self._y = train_set.features, train_set.labels
+        # Heads over a frozen encoder with fixed pooling see each clip as one pooled vector:
+        # pool once here rather than every step (a fixed function of one clip: no privacy cost).
+        pooled = self.model.precompute(self._x) if isinstance(self.model, EmbeddingHead) else None
+        if pooled is not None:
+            self._x = pooled
+        #: Linear heads under DP take the closed-form step (linear_dp.py), equal to Opacus'.
+        self.closed_form_dp = bool(
+            closed_form
+            and pooled is not None
+            and isinstance(self.model, EmbeddingHead)
+            and self.model.is_linear
+        )
+        # ‖[x_i, 1]‖ per example: fixed, so computed once for the closed-form clipping.
+        self._input_norms = (self._x.pow(2).sum(1) + 1.0).sqrt() if self.closed_form_dp else None
+        self._last_idx = torch.zeros(0, dtype=torch.int64)
 
     # ----------------------------------------------------------------- training
     def train(self, k_steps: int) -> TrainReport:
@@ -175,7 +205,10 @@ class LocalTrainer:
             n = len(x)
             x, y = self._augment(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            if n:
+            if self.closed_form_dp:
+                total_loss += self._closed_form_step(x, y)
+                examples += n
+            elif n:
                 loss = self.criterion(self._trainable(x), y)
                 loss.backward()
                 if self.ledger is not None and self.training.augment_multiplicity > 1:
@@ -184,10 +217,28 @@ class LocalTrainer:
                 examples += n
             else:
                 self._zero_sample_grads()
-            self.optimizer.step()
+            if not self.closed_form_dp:
+                self.optimizer.step()
             self._update_ema()
         self.save()
         return self._report(k, examples, total_loss / max(examples, 1), start)
+
+    def _closed_form_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One DP-SGD step of a linear head without Opacus' hooks (same math, same noise)."""
+        assert isinstance(self.model, EmbeddingHead) and isinstance(self.model.body, nn.Linear)
+        opt: Any = self.optimizer  # Opacus' DPOptimizer: σ, C, E[B] and the noise generator
+        loss = clipped_noised_grads(
+            self.model.body,
+            x,
+            y,
+            max_grad_norm=opt.max_grad_norm,
+            noise_std=opt.noise_multiplier * opt.max_grad_norm,
+            expected_batch_size=opt.expected_batch_size,
+            generator=opt.generator,
+            input_norms=None if self._input_norms is None else self._input_norms[self._last_idx],
+        )
+        opt.original_optimizer.step()
+        return loss
 
     def set_lr(self, lr: float) -> None:
         """Change the learning rate (schedules are the caller's choice; post-processing for DP)."""
@@ -195,12 +246,18 @@ class LocalTrainer:
             group["lr"] = lr
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            x, y = next(self._batches)
-        except StopIteration:
-            self._batches = iter(self.loader)
-            x, y = next(self._batches)
-        return x, y
+        """Poisson sample under DP (the accountant's assumption); shuffled epochs otherwise."""
+        if self.ledger is not None:
+            keep = torch.rand(self.n_train, generator=self._data_gen) < self.sample_rate
+            idx = keep.nonzero().view(-1)
+        else:
+            if self._cursor >= len(self._order):
+                self._order = torch.randperm(self.n_train, generator=self._data_gen)
+                self._cursor = 0
+            idx = self._order[self._cursor : self._cursor + self._batch]
+            self._cursor += self._batch
+        self._last_idx = idx
+        return self._x[idx], self._y[idx]
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply augmentation; with multiplicity K, return K augmented copies of each example.
@@ -208,7 +265,7 @@ class LocalTrainer:
         Copies are interleaved (example 0's K copies first) so that the per-sample gradients can
         be folded back to one per example with a reshape.
         """
-        if len(x) == 0:
+        if len(x) == 0 or x.dim() != 4:  # pooled embeddings: nothing to shift or mask
             return x, y
         k = self.training.augment_multiplicity
         if k > 1:

@@ -97,10 +97,15 @@ def label_flippers(sc: Scenario) -> set[int]:
 
 # ----------------------------------------------------------------------------- real
 def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 5) -> Path:
-    """The corpus at ``root``; voiced with espeak-ng on first use (a corpus without its
-    ``corpus.json`` summary was interrupted and is regenerated)."""
+    """The corpus at ``root``; voiced with espeak-ng on first use. An existing corpus (imported
+    real speech, or a finished synthetic one) is used as it is; only a missing or empty folder,
+    or a synthesis that was interrupted (its marker file is still there), is (re)generated."""
+    from flava_p2p.learning.synth import INCOMPLETE_MARKER
+
     path = Path(root)
     if (path / "corpus.json").is_file():
+        return path
+    if path.is_dir() and any(path.iterdir()) and not (path / INCOMPLETE_MARKER).exists():
         return path
     from flava_p2p.learning.synth import synthesize_corpus
 
@@ -121,7 +126,7 @@ def _quiet_known_warnings() -> None:
 
 
 class RealLearners:
-    """Every node trains the DS-CNN keyword model on its own speakers with its own trainer.
+    """Every node trains the keyword model on its own speakers with its own trainer.
 
     With ``learner.workers > 1`` the trainers live in that many worker processes (node i in
     worker i mod W, for its whole life: ledger, optimiser state and noise RNG stay put), and
@@ -140,7 +145,17 @@ class RealLearners:
         root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
         fs = load_features(scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir)
         train = fs.split("train")
-        if sc.data.eval_split == "heldout":
+        if sc.data.eval_corpus is not None:
+            test = load_features(
+                scan_corpus(sc.data.eval_corpus), sc.data.features, cache_dir=sc.data.cache_dir
+            )
+            if test.label_names != fs.label_names:
+                raise FlavaError(
+                    f"data.eval_corpus {sc.data.eval_corpus}: labels {test.label_names} differ "
+                    f"from the training corpus' {fs.label_names}; both need the same label "
+                    f"folders."
+                )
+        elif sc.data.eval_split == "heldout":
             test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
         else:
             test = fs.split("test")
@@ -158,7 +173,9 @@ class RealLearners:
         self.n_classes = len(fs.label_names)
         parts = _partition(sc, train.speakers, train.labels.numpy(), seed)
         flippers = label_flippers(sc)
-        model_cfg = ModelConfig(name=sc.learner.model, width=sc.learner.width)
+        model_cfg = ModelConfig(
+            name=sc.learner.model, width=sc.learner.width, pooling=sc.learner.pooling
+        )
         privacy = _privacy(sc, planned_steps(sc))
         workers = sc.learner.workers if own is None else 1
         if own is None:
@@ -181,6 +198,7 @@ class RealLearners:
         first = self.trainers[own[0]]
         self.genesis = first.get_flat()
         self.schema = bytes.fromhex(first.schema)
+        self.schema_card = first.schema_card
         self._steps = sc.learner.training.local_steps
         self._eval = _Evaluator(first.model)
         self._eps: dict[int, float | None] = {}
@@ -355,13 +373,7 @@ def _partition(
 
     n = sc.nodes
     if sc.data.partition == "speaker":
-        n_spk = len(set(speakers))
-        if n > n_spk:
-            raise FlavaError(
-                f"{n} nodes but the corpus has only {n_spk} training speakers; use "
-                f"`data.partition: iid` or `dirichlet`, or a corpus with more speakers "
-                f"(`flava-sim dataset synth --speakers N`)."
-            )
+        # More nodes than speakers: each speaker's clips are split over several nodes.
         return partition.by_speaker(speakers, n_parts=n, seed=seed)
     if sc.data.partition == "iid":
         return partition.iid(len(labels), n, seed=seed)

@@ -16,6 +16,7 @@ from flava_p2p.config import (
     GossipConfig,
     TrainingConfig,
     _Strict,
+    check_model_frontend,
     load_config,
 )
 
@@ -141,20 +142,27 @@ class DataSpec(_Strict):
     """Dirichlet concentration for ``partition: dirichlet``."""
     eval_split: Literal["test", "heldout"] = "test"
     """Accuracy on the testing-list speakers, or on all held-out (validation + test) speakers."""
+    eval_corpus: str | None = None
+    """Measure accuracy on every clip of this other corpus instead (same label folders), e.g.
+    nodes that learn from synthetic speech, evaluated on real recordings of the same words."""
     cache_dir: str | None = ".cache/features"
     features: FeatureConfig = Field(default_factory=FeatureConfig)
 
 
 class LearnerSpec(_Strict):
-    """Local learning. ``real``: a registered keyword model (``model``: the DS-CNN or
-    ``aligned_linear``) with Opacus DP-SGD (the node's own trainer, unchanged). ``synthetic``:
+    """Local learning. ``real``: a registered keyword model (``model``: by default a linear
+    head over the frozen speech encoder; ``dscnn`` or ``aligned_linear`` with
+    ``data.features.kind: logmel``) with DP-SGD (the node's own trainer, unchanged). ``synthetic``:
     softmax regression on Gaussian blobs with the same DP-SGD recipe in numpy, for
     protocol-scale runs. ``none``: models never change (protocol only: view, liveness, wire,
     crypto)."""
 
     kind: Literal["real", "synthetic", "none"] = "real"
-    model: str = "dscnn"
-    """Registered model of the ``real`` learner: ``dscnn`` or ``aligned_linear``."""
+    model: str = "embed_linear"
+    """Registered model of the ``real`` learner: ``embed_linear`` (default), ``embed_mlp``,
+    ``dscnn`` or ``aligned_linear``."""
+    pooling: Literal["meanmax", "mean", "attention"] = "meanmax"
+    """Window pooling of the embed_* heads."""
     width: int = Field(default=32, ge=8, le=512)
     training: TrainingConfig = Field(
         default_factory=lambda: TrainingConfig(
@@ -248,6 +256,8 @@ class Scenario(_Strict):
                 "learner.train_seconds must be shorter than the shortest gossip period "
                 "(gossip.period_s × (1 − jitter))"
             )
+        if self.learner.kind == "real":
+            check_model_frontend(self.learner.model, self.data.features.kind, "learner.model")
         byz = self.byzantine
         if byz.nodes is not None and any(not 0 <= i < self.nodes for i in byz.nodes):
             raise ValueError(f"byzantine.nodes must be node indices in [0, {self.nodes})")
