@@ -292,6 +292,10 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(default=64, ge=1, le=4096)
     """Expected (Poisson) batch size under DP; fixed batch size otherwise."""
     lr: float = Field(default=0.5, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """``cosine``: under DP the learning rate decays from ``lr`` to 0 over the planned
+    lifetime (``privacy.planned_steps``), so late steps add little noise to a model that has
+    mostly converged (post-processing: no privacy cost). Without DP it stays constant."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
     local_steps: int = Field(default=10, ge=1)
     """DP-SGD steps per gossip round."""

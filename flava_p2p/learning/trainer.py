@@ -102,6 +102,7 @@ class LocalTrainer:
         )
         self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model)
         self.schema_card = schema_card(model_cfg, feature_cfg, self.label_names, self.model)
+        self._manual_lr = False
         self._aug_gen = torch.Generator().manual_seed(seed + 1)
         self._data_gen = torch.Generator().manual_seed(seed + 2)
         self._prepare_inputs(train_set, closed_form_dp and privacy.enabled)
@@ -200,7 +201,9 @@ class LocalTrainer:
             self.save()  # ε is on disk before any step that spends it
         self._trainable.train()
         total_loss, examples = 0.0, 0
-        for _ in range(k):
+        first_step = self.ledger.steps - k if self.ledger is not None else 0
+        for j in range(k):
+            self._schedule_lr(first_step + j)
             x, y = self._next_batch()
             n = len(x)
             x, y = self._augment(x, y)
@@ -240,8 +243,21 @@ class LocalTrainer:
         opt.original_optimizer.step()
         return loss
 
+    def _schedule_lr(self, step: int) -> None:
+        """The node's lifetime schedule (cosine over the planned DP steps; else constant).
+
+        Callers that drive their own schedule (``set_lr``) switch this off."""
+        if self._manual_lr or self.ledger is None or self.training.lr_schedule != "cosine":
+            return
+        total = max(1, self.ledger.planned_steps)
+        frac = min(1.0, step / total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.training.lr * 0.5 * (1 + math.cos(math.pi * frac))
+
     def set_lr(self, lr: float) -> None:
-        """Change the learning rate (schedules are the caller's choice; post-processing for DP)."""
+        """Set the learning rate from now on, replacing the built-in schedule (post-processing
+        for DP)."""
+        self._manual_lr = True
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
