@@ -26,6 +26,24 @@ from flava_p2p.learning.trainer import LocalTrainer
 log = structlog.get_logger(__name__)
 
 
+def train_epochs(
+    trainer: LocalTrainer,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> None:
+    """Epochs of training with the learning rate cosine-decayed per epoch from ``lr`` to 0."""
+    for epoch in range(epochs):
+        trainer.set_lr(lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
+        report = trainer.train(steps_per_epoch)
+        if progress:
+            info = {"epoch": epoch + 1, "loss": report.loss, "epsilon": report.epsilon}
+            progress(epoch + 1, epochs, info)
+        if report.steps == 0:
+            break
+
+
 def run_centralized(
     data: str | Path,
     *,
@@ -124,15 +142,7 @@ def run_centralized(
         checkpoint_path=checkpoint,
         ema_decay=ema_decay,
     )
-    last: dict[str, Any] = {}
-    for epoch in range(epochs):
-        trainer.set_lr(lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
-        report = trainer.train(steps_per_epoch)
-        last = {"epoch": epoch + 1, "loss": report.loss, "epsilon": report.epsilon}
-        if progress:
-            progress(epoch + 1, epochs, last)
-        if report.steps == 0:
-            break
+    train_epochs(trainer, epochs, steps_per_epoch, lr, progress)
     extra: dict[str, Any] = {}
     if ema_decay is not None:
         last_iterate = trainer.evaluate(test)

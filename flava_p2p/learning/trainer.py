@@ -177,6 +177,7 @@ class LocalTrainer:
         # ‖[x_i, 1]‖ per example: fixed, so computed once for the closed-form clipping.
         self._input_norms = (self._x.pow(2).sum(1) + 1.0).sqrt() if self.closed_form_dp else None
         self._last_idx = torch.zeros(0, dtype=torch.int64)
+        self._poisson = torch.zeros((0, self.n_train), dtype=torch.bool)
 
     # ----------------------------------------------------------------- training
     def train(self, k_steps: int) -> TrainReport:
@@ -202,9 +203,15 @@ class LocalTrainer:
         self._trainable.train()
         total_loss, examples = 0.0, 0
         first_step = self.ledger.steps - k if self.ledger is not None else 0
+        if self.ledger is not None:
+            # The whole burst's Poisson draws at once: the same numbers as one draw per step
+            # (the generator fills them in order), one call instead of k.
+            self._poisson = torch.rand(k, self.n_train, generator=self._data_gen) < (
+                self.sample_rate
+            )
         for j in range(k):
             self._schedule_lr(first_step + j)
-            x, y = self._next_batch()
+            x, y = self._next_batch(j)
             n = len(x)
             x, y = self._augment(x, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -261,11 +268,11 @@ class LocalTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Poisson sample under DP (the accountant's assumption); shuffled epochs otherwise."""
+    def _next_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``j`` of the burst: its Poisson sample under DP (the accountant's assumption);
+        shuffled epochs otherwise."""
         if self.ledger is not None:
-            keep = torch.rand(self.n_train, generator=self._data_gen) < self.sample_rate
-            idx = keep.nonzero().view(-1)
+            idx = self._poisson[j].nonzero().view(-1)
         else:
             if self._cursor >= len(self._order):
                 self._order = torch.randperm(self.n_train, generator=self._data_gen)
