@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
