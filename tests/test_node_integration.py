@@ -90,6 +90,9 @@ def test_discover_learn_crash_rejoin(cluster: Any, capsys: pytest.CaptureFixture
         s = cluster.status(i)
         assert s["counters"].get("deltas_received", 0) > 0
         assert s["privacy"]["example_level"]["unit"].startswith("example")
+        protects = s["privacy"]["example_level"]["protects"]
+        assert protects.startswith("the learned head") and "speech_embedding@" in protects
+        assert s["model"]["head"].startswith("embed_linear")
 
     # flava-node status reads the same API
     assert node_main(["status", "--home", str(cluster.homes[1]), "--json"]) == 0

@@ -297,6 +297,11 @@ def _print_status(s: dict[str, object]) -> None:
     console.print(f"[bold]{s['peer_id']}[/bold]  round {s['round']}  up {s['uptime_s']} s")
     console.print(f"addresses: {', '.join(s['addresses'])}")  # type: ignore[arg-type]
     console.print(f"privacy: {eps}; budget: {privacy['budget']}")
+    if ex:
+        console.print(f"  DP protects: {ex['protects']}")
+    model = s.get("model")
+    if isinstance(model, dict):
+        console.print(f"model: {model['head']} over {model['encoder']}; {model['labels']}")
     msg = privacy.get("message_level")
     if isinstance(msg, dict):
         console.print(

@@ -31,9 +31,17 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
             }
         )
     privacy: dict[str, Any] = {"example_level": None, "budget": node.trainer.budget_state}
+    card = node.trainer.schema_card
     if led is not None:
+        frozen = card["encoder"] if not card["encoder"].startswith("none") else None
         privacy["example_level"] = {
             "unit": "example (one utterance)",
+            "protects": (
+                f"the learned head ({card['head']}, {card['parameters']} parameters); the "
+                f"pretrained encoder {frozen} is public, fixed, and never saw private data"
+                if frozen
+                else f"the whole model ({card['head']}, {card['parameters']} parameters)"
+            ),
             "epsilon": led.epsilon,
             "delta": led.delta,
             "target_epsilon": led.target_epsilon,
@@ -57,6 +65,7 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
     )
     return {
         "peer_id": node.identity.peer_id_str,
+        "model": card,
         "addresses": node.addresses,
         "uptime_s": round(now - node.started_at, 1),
         "round": core.round,

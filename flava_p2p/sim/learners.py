@@ -9,6 +9,7 @@ numpy, for protocol-scale runs. ``StaticLearners`` never change the model (proto
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -143,11 +144,19 @@ class RealLearners:
         torch.set_num_threads(sc.learner.threads)
         _quiet_known_warnings()
         root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
-        fs = load_features(scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir)
+        # Clips are encoded once, here, before any worker starts (workers hit the cache): use
+        # every core for it.
+        enc_threads = (os.cpu_count() or 1) if own is None else 1
+        fs = load_features(
+            scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir, threads=enc_threads
+        )
         train = fs.split("train")
         if sc.data.eval_corpus is not None:
             test = load_features(
-                scan_corpus(sc.data.eval_corpus), sc.data.features, cache_dir=sc.data.cache_dir
+                scan_corpus(sc.data.eval_corpus),
+                sc.data.features,
+                cache_dir=sc.data.cache_dir,
+                threads=enc_threads,
             )
             if test.label_names != fs.label_names:
                 raise FlavaError(

@@ -1,6 +1,6 @@
 """The sans-I/O secure wire endpoint: datagrams in, authenticated messages out, nothing crashes.
 
-Receive path, cheapest check first (DESIGN.md)::
+Receive path, cheapest check first::
 
     size cap → network-key MAC → parse header → version/network/type/recipient → time window →
     seqno/seen cache → signature → decrypt → safe decode → dtype/shape/finite (DELTA vectors)
