@@ -535,3 +535,20 @@ class TestScreening:
         core.timer(core._next_gossip)
         assert len(core.last_inputs) == 3
         assert not any(k.startswith("penalty_") for k in core.counters)
+
+
+class TestLayering:
+    def test_protocol_and_wire_import_without_torch(self) -> None:
+        """The sans-I/O core loads without torch or opacus (a fresh interpreter checks)."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys; import flava_p2p.protocol.node, flava_p2p.wire.endpoint; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'opacus', "
+            "'torchaudio', 'onnxruntime')); print(','.join(bad))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert out == ""

@@ -19,6 +19,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +35,6 @@ from flava_p2p.identity import (
     peer_id_from_str,
     verify_key_from_peer_id,
 )
-from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.scores import PeerScores
 from flava_p2p.protocol.view import PeerSamplingView
@@ -132,6 +132,27 @@ class _Received:
     model: Vec
     samples: int
     round: int
+
+
+class MessageNoise(Protocol):
+    """Message-level (node-level) noise on outgoing deltas, injected by the node assembly.
+
+    ``learning/message_noise.py`` implements it; the core only needs this much, so the
+    protocol layer imports no learning code (and no torch or opacus).
+    """
+
+    clip: float
+    noise_multiplier: float
+    delta: float
+    releases: int
+
+    def release(self, delta_vec: Vec, rng: np.random.Generator) -> Vec:
+        """Clip and noise one outgoing delta; counts the release."""
+        ...
+
+    def epsilon(self) -> float:
+        """Node-level ε after every release so far."""
+        ...
 
 
 #: Hook for Byzantine behaviour (``attacks/``): given the honest outgoing model and context,
