@@ -41,6 +41,7 @@ from flava_p2p.protocol.node import (
     Vec,
 )
 from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
+from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
 from flava_p2p.wire.endpoint import WireEndpoint
@@ -110,6 +111,7 @@ class NodeRunner:
         torch.set_num_threads(self.cfg.training.threads)
         cfg = self.cfg
         self.identity = self._load_identity()
+        bind_node(self.identity.peer_id_str)
         self.train_set, self.eval_set = self._load_data()
         self.trainer = LocalTrainer(
             self.train_set,

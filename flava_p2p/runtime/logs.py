@@ -1,4 +1,11 @@
-"""structlog configuration, done once per process by the CLI entry points."""
+"""structlog configuration, done once per process by the CLI entry points.
+
+One pipeline for everything: structlog's own events and the stdlib ``logging`` records of
+libraries (opacus, aiohttp, asyncio, onnxruntime's Python side) go through the same processors
+(structlog's ``ProcessorFormatter``), so a log shipper sees one format — console lines for
+people, one JSON object per line for machines — with the same context fields, e.g. the node's
+``peer_id`` bound once at start (:func:`bind_node`).
+"""
 
 from __future__ import annotations
 
@@ -12,30 +19,59 @@ LogFormat = Literal["console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (pytest and daemons replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(fmt: LogFormat = "console", level: LogLevel = "info") -> None:
-    """Route structlog (and stdlib logging from libraries) to stderr as console text or JSON."""
+    """Route structlog events and stdlib log records to stderr as console text or JSON."""
     numeric = getattr(logging, level.upper())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        # Look sys.stderr up per logger, not once: it may be replaced (pytest, daemons).
-        logger_factory=_stderr_logger,
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    # Libraries using stdlib logging (opacus, aiohttp) follow the same level, on stderr.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        # Records from plain stdlib loggers get the same fields before rendering.
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([structlog.processors.format_exc_info] if fmt == "json" else []),
+            renderer,
+        ],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+    # Third-party chatter below WARNING stays out unless the user asks for debug.
+    for noisy in ("aiohttp.access", "asyncio", "opacus", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
 
 
-def _stderr_logger(*_args: object) -> structlog.PrintLogger:
-    return structlog.PrintLogger(file=sys.stderr)
+def bind_node(peer_id: str) -> None:
+    """Put the node's PeerID into every later log line of this process (and its tasks)."""
+    structlog.contextvars.bind_contextvars(peer_id=peer_id)
