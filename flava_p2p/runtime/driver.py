@@ -1,10 +1,12 @@
-"""The asyncio node driver: UDP socket ↔ NodeCore ↔ one timer, training in an executor.
+"""The asyncio node driver: UDP socket ↔ CoreLoop(NodeCore) ↔ one timer, training in an executor.
 
 Like aioquic's asyncio adapter: on a datagram, feed the core; then process events, transmit,
-and re-arm the single timer. DP-SGD runs in a one-thread executor so the loop (and the status
-API) stay responsive. Crash safety: the model and privacy ledger are persisted by the trainer
-around every training burst; the seqno reservation is persisted before a datagram with a new
-seqno block leaves; view and round are saved every few seconds and on SIGTERM/SIGINT.
+and re-arm the single timer (``runtime/core_loop.py``, which tests also run on a manual clock).
+Sockets are asyncio's own datagram endpoints. DP-SGD runs in a one-thread executor so the loop
+(and the status API) stay responsive. Crash safety: the model and privacy ledger are persisted
+by the trainer around every training burst; the seqno reservation is persisted before a
+datagram with a new seqno block leaves; view and round are saved every few seconds and on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import asyncio_dgram
 import numpy as np
 import structlog
 
@@ -32,6 +33,8 @@ from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.protocol.node import (
+    Addr,
+    Event,
     Graylisted,
     NodeCore,
     PeerJoined,
@@ -40,6 +43,7 @@ from flava_p2p.protocol.node import (
     TrainRequest,
     Vec,
 )
+from flava_p2p.runtime.core_loop import AsyncioScheduler, CoreLoop
 from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
@@ -49,7 +53,6 @@ from flava_p2p.wire.messages import DpInfo
 
 log = structlog.get_logger("flava.node")
 
-MAX_QUEUED_DATAGRAMS = 4096
 STATE_SAVE_PERIOD_S = 5.0
 EVAL_EVERY_ROUNDS = 2
 
@@ -136,18 +139,31 @@ class NodeRunner:
         self.state.save(state_path)
 
         host, port, _ = parse_multiaddr(cfg.network.listen)
-        self.stream = await asyncio_dgram.bind((host, port))
-        bound_port = int(self.stream.sockname[1])
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self._on_datagram, self._count), local_addr=(host, port)
+        )
+        self.sock = self.transport.get_extra_info("socket")
+        bound_port = int(self.transport.get_extra_info("sockname")[1])
         self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
-        self.beacon_stream: Any = None
+        self.beacon_transport: asyncio.DatagramTransport | None = None
         if cfg.network.multicast_beacons:
             group = parse_group(cfg.network.beacon_group)
-            enable_multicast_send(self.stream.socket, cfg.network.beacon_interface)
+            enable_multicast_send(self.sock, cfg.network.beacon_interface)
             sock = open_beacon_socket(group, cfg.network.beacon_interface)
-            self.beacon_stream = await asyncio_dgram.from_socket(sock)
+            self.beacon_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self._on_datagram, self._count), sock=sock
+            )
         self.core = self._build_core(genesis_vec, first_seq)
         if self.attack is not None and self.attack.kind == "model":
             self.core.outgoing_hook = make_attack_hook(self.attack, np.random.default_rng())
+        self.core_loop = CoreLoop(
+            self.core,
+            AsyncioScheduler(loop),
+            self._send,
+            self._on_event,
+            self._persist_reservation,
+        )
 
         from flava_p2p.runtime.api import start_api
 
@@ -172,18 +188,11 @@ class NodeRunner:
             attack=self.attack.name if self.attack else None,
         )
 
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
-        self.core.start(time.time())
-        await self._pump()
-        tasks = [
-            asyncio.create_task(t)
-            for t in (self._recv_loop(self.stream), self._timer_loop(), self._save_loop())
-        ]
-        if self.beacon_stream is not None:
-            tasks.append(asyncio.create_task(self._recv_loop(self.beacon_stream)))
+        self.core_loop.start()
+        tasks = [asyncio.create_task(self._save_loop())]
         if self.attack is not None and self.attack.kind == "network":
             tasks.append(asyncio.create_task(self._network_attack_loop()))
         try:
@@ -248,48 +257,19 @@ class NodeRunner:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.trainer.save)
         self._save_state()
-        self.stream.close()
-        if self.beacon_stream is not None:
-            self.beacon_stream.close()
+        self.core_loop.stop()
+        self.transport.close()
+        if self.beacon_transport is not None:
+            self.beacon_transport.close()
         await self.api_runner.cleanup()
         self._executor.shutdown(wait=True)
         with contextlib.suppress(OSError):
             (self.home / "status.json").unlink()
 
-    # ------------------------------------------------------------------ loops
-    async def _recv_loop(self, stream: Any) -> None:
-        """Feed one socket's datagrams (unicast, or the beacon group) to the core."""
-        # asyncio-dgram's receive queue is unbounded; we bound it ourselves (flood defence).
-        queue: asyncio.Queue[Any] = getattr(stream, "_recvq")  # noqa: B009
-        handled = 0
-        while True:
-            try:
-                data, addr = await stream.recv()
-            except (OSError, asyncio_dgram.TransportClosed) as exc:
-                if isinstance(exc, asyncio_dgram.TransportClosed):
-                    return
-                self._count("socket_error")  # e.g. ICMP port unreachable from a dead peer
-                continue
-            host, port = cast(tuple[str, int], addr)[:2]
-            self.core.receive(data, (host, port), time.time())
-            while queue.qsize() > MAX_QUEUED_DATAGRAMS:  # overload: shed load, count it
-                queue.get_nowait()
-                self._count("overload_dropped")
-            await self._pump()
-            handled += 1
-            if handled % 64 == 0:
-                # queue.get() does not suspend while datagrams are waiting: yield so a flood
-                # cannot starve timers, training callbacks or the status API.
-                await asyncio.sleep(0)
-
-    async def _timer_loop(self) -> None:
-        while True:
-            delay = self.core.next_deadline() - time.time()
-            if delay > 0:
-                await asyncio.sleep(min(delay, 1.0))
-                continue
-            self.core.timer(time.time())
-            await self._pump()
+    # ------------------------------------------------------------------ I/O
+    def _on_datagram(self, data: bytes, addr: Addr) -> None:
+        """A datagram from the unicast or the beacon socket."""
+        self.core_loop.datagram_received(data, addr)
 
     async def _save_loop(self) -> None:
         while True:
@@ -303,7 +283,7 @@ class NodeRunner:
         for entry in self.core.scores.graylisted_addrs(time.time()):
             host, _, port = entry.removeprefix("addr:").rpartition(":")
             addrs.append((host, int(port)))
-        if addrs != self._kernel_filtered and set_drop_filter(self.stream.socket, addrs):
+        if addrs != self._kernel_filtered and set_drop_filter(self.sock, addrs):
             self._kernel_filtered = addrs
             self.counters["kernel_filtered_addresses"] = min(len(addrs), MAX_FILTERED)
 
@@ -313,47 +293,41 @@ class NodeRunner:
         self.state.seq_reserved = max(self.state.seq_reserved, self.core.wire.next_seq + 1)
         self.state.save(self.home / STATE_FILE)
 
-    async def _pump(self) -> None:
-        """Handle core events, then transmit (after persisting any new seqno reservation)."""
-        for ev in self.core.events():
-            if isinstance(ev, TrainRequest):
-                if self._training:
-                    self._count("train_skipped_busy")
-                else:
-                    self._training = True
-                    asyncio.get_running_loop().create_task(self._train(ev.round))
-            elif isinstance(ev, PeerJoined):
-                log.info("peer joined", peer=_short(ev.peer), view=len(self.core.view))
-            elif isinstance(ev, PeerLeft):
-                log.info("peer left", peer=_short(ev.peer), reason=ev.reason)
-            elif isinstance(ev, SchemaMismatch):
-                log.error(
-                    "peer trains a different model; refused (both sides must use the same "
-                    "encoder, front end, head and labels)",
-                    peer=_short(ev.peer),
-                    differences=list(ev.differences),
-                )
-            elif isinstance(ev, Graylisted):
-                log.warning("graylisted", who=ev.who)
-                if ev.who.startswith("addr:"):
-                    self._refresh_kernel_filter()
-        sends = self.core.datagrams_to_send()
-        mn = self.core.message_noise
-        new_releases = mn is not None and mn.releases != self.state.message_releases
-        if self.core.wire.next_seq >= self.state.seq_reserved or new_releases:
-            self.state.seq_reserved = max(
-                self.state.seq_reserved, self.core.wire.next_seq + SEQ_BLOCK
+    def _on_event(self, ev: Event) -> None:
+        """Carry out one core event (called by the CoreLoop, on the event loop)."""
+        if isinstance(ev, TrainRequest):
+            if self._training:
+                self._count("train_skipped_busy")
+            else:
+                self._training = True
+                asyncio.get_running_loop().create_task(self._train(ev.round))
+        elif isinstance(ev, PeerJoined):
+            log.info("peer joined", peer=_short(ev.peer), view=len(self.core.view))
+        elif isinstance(ev, PeerLeft):
+            log.info("peer left", peer=_short(ev.peer), reason=ev.reason)
+        elif isinstance(ev, SchemaMismatch):
+            log.error(
+                "peer trains a different model; refused (both sides must use the same "
+                "encoder, front end, head and labels)",
+                peer=_short(ev.peer),
+                differences=list(ev.differences),
             )
-            if mn is not None:
-                self.state.message_releases = mn.releases
-            # Before any datagram of a new seqno block or any new noised release leaves.
-            self.state.save(self.home / STATE_FILE)
-        for send in sends:
-            await self._send(send.addr, send.datagram)
+        elif isinstance(ev, Graylisted):
+            log.warning("graylisted", who=ev.who)
+            if ev.who.startswith("addr:"):
+                self._refresh_kernel_filter()
 
-    async def _send(self, addr: tuple[str, int], datagram: bytes) -> None:
+    def _persist_reservation(self) -> None:
+        """Before datagrams leave: persist a new seqno block / message-noise release count, so
+        that after a crash no seqno is reused and no noised release goes unaccounted."""
+        mn = self.core.message_noise
+        self.state.reserve_before_transmit(
+            self.core.wire.next_seq, mn.releases if mn is not None else None, self.home / STATE_FILE
+        )
+
+    def _send(self, datagram: bytes, addr: Addr) -> None:
         try:
-            await self.stream.send(datagram, addr)
+            self.transport.sendto(datagram, addr)
         except OSError:
             self._count("send_error")
         if self.attack is not None and self.attack.name == "replay":
@@ -377,8 +351,8 @@ class NodeRunner:
             }
             led = self.trainer.ledger
             dp = DpInfo(led.epsilon, led.delta) if led else DpInfo(None, None)
-            self.core.local_update(
-                self.trainer.get_flat(), self.trainer.n_train, dp, time.time(), base=base
+            self.core_loop.local_update(
+                self.trainer.get_flat(), self.trainer.n_train, dp, base=base
             )
             if self.eval_set is not None and round_ % EVAL_EVERY_ROUNDS == 0:
                 metrics = await loop.run_in_executor(
@@ -397,7 +371,6 @@ class NodeRunner:
             self._count("train_failed")
         finally:
             self._training = False
-        await self._pump()
 
     def epsilon(self) -> float | None:
         """Example-level ε spent so far (None without DP)."""
@@ -418,14 +391,28 @@ class NodeRunner:
                 addr = targets[int(rng.integers(len(targets)))]
                 if self.attack.name == "replay" and self._sent_log:
                     old = self._sent_log[int(rng.integers(len(self._sent_log)))]
-                    await self._send(old[0], old[1])
+                    self._send(old[1], old[0])
                 elif self.attack.name != "replay":
-                    await self._send(addr, rng.bytes(int(rng.integers(1, 1200))))
+                    self._send(rng.bytes(int(rng.integers(1, 1200))), addr)
                 self._count("attack_datagrams")
             await asyncio.sleep(0 if rate <= 0 else 1.0 / rate)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+class _Udp(asyncio.DatagramProtocol):
+    """asyncio's datagram protocol → the node: every datagram straight to the CoreLoop."""
+
+    def __init__(self, on_datagram: Any, count: Any) -> None:
+        self._on_datagram = on_datagram
+        self._count = count
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self._count("socket_error")  # e.g. ICMP port unreachable from a dead peer
 
 
 def read_network_key(path: Path) -> bytes:

@@ -59,3 +59,16 @@ class NodeState:
     def save(self, path: Path) -> None:
         """Atomic write (temp + fsync + rename)."""
         write_atomic(path, self.to_bytes())
+
+    def reserve_before_transmit(self, next_seq: int, releases: int | None, path: Path) -> bool:
+        """Persist a new seqno block (and the message-noise release count) if datagrams about
+        to leave would use a seqno at or above the reservation, or releases were made since
+        the last save. Returns True when it wrote the file. Call it before every transmit."""
+        new_releases = releases is not None and releases != self.message_releases
+        if next_seq < self.seq_reserved and not new_releases:
+            return False
+        self.seq_reserved = max(self.seq_reserved, next_seq + SEQ_BLOCK)
+        if releases is not None:
+            self.message_releases = releases
+        self.save(path)
+        return True

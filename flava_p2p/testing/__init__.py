@@ -1,0 +1,1 @@
+"""Test harnesses that ship with the package (so mypy checks them and scripts can use them)."""
