@@ -28,7 +28,7 @@ from nacl.signing import VerifyKey
 from flava_p2p.config import ModelConfig
 from flava_p2p.identity import Identity
 from flava_p2p.learning.models import build_model, count_parameters
-from flava_p2p.sim.link import send_over_lossy_link
+from flava_p2p.sim.lossy_link import send_over_lossy_link
 from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import Delta, DpInfo
 from flava_p2p.wire.tensors import encode_vector

@@ -45,7 +45,7 @@ def test_deltas_carry_both_guarantees() -> None:
     from flava_p2p.config import GossipConfig
     from flava_p2p.identity import Identity
     from flava_p2p.protocol.node import NodeCore
-    from flava_p2p.sim.network import VirtualNetwork
+    from flava_p2p.sim.virtual_network import VirtualNetwork
     from flava_p2p.wire.messages import DpInfo
 
     gossip = GossipConfig(period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3, view_size=4)

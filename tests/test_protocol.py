@@ -12,7 +12,7 @@ from flava_p2p.identity import Identity
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, SchemaMismatch
 from flava_p2p.protocol.view import PeerSamplingView
-from flava_p2p.sim.network import LinkModel, VirtualNetwork
+from flava_p2p.sim.virtual_network import LinkModel, VirtualNetwork
 from flava_p2p.wire.messages import DpInfo, PeerDescriptor
 
 DIM = 16
@@ -280,7 +280,7 @@ def test_unknown_but_authenticated_sender_gets_introduced_not_penalised() -> Non
     rather than count A as misbehaving, after which both hold each other's keys."""
     import random
 
-    from flava_p2p.sim.network import VirtualNetwork
+    from flava_p2p.sim.virtual_network import VirtualNetwork
 
     net = VirtualNetwork(seed=3)
     ids = [Identity.from_seed(bytes([77, i]) * 16) for i in range(2)]

@@ -13,7 +13,7 @@ import pytest
 
 from flava_p2p.config import SCREENS_OFF, ConfigError, validate_config
 from flava_p2p.errors import FlavaError
-from flava_p2p.sim.netmodel import SimLinks, churn_schedule
+from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.runner import Simulation, run_scenario
 from flava_p2p.sim.scenario import Churn, Dist, NetworkModel, Scenario
 

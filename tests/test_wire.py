@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flava_p2p.identity import Identity
-from flava_p2p.sim.link import send_over_lossy_link
+from flava_p2p.sim.lossy_link import send_over_lossy_link
 from flava_p2p.wire import envelope as env_mod
 from flava_p2p.wire.endpoint import KIND_ENVELOPE, WireEndpoint
 from flava_p2p.wire.envelope import DOMAIN, Header, parse

@@ -29,10 +29,10 @@ from flava_p2p.attacks import make_attack_hook, parse_attack
 from flava_p2p.identity import Identity, make_multiaddr
 from flava_p2p.protocol.node import Event, NodeCore
 from flava_p2p.sim.learners import Learners, make_learners
-from flava_p2p.sim.netmodel import SimLinks, churn_schedule
-from flava_p2p.sim.network import VirtualNetwork
+from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.sim.topology import STATIC, build_graph, neighbours
+from flava_p2p.sim.virtual_network import VirtualNetwork
 from flava_p2p.wire.endpoint import KIND_ENVELOPE, WireEndpoint
 from flava_p2p.wire.envelope import VERSION, seal
 from flava_p2p.wire.messages import DpInfo, MsgType, PeerDescriptor

@@ -4,7 +4,7 @@ Like trio's FakeNet: no sockets, a seeded RNG decides what every link does, and 
 straight to the next event, so a run is fast and reproducible bit for bit. Training is delegated
 to a ``learner`` callback so the same network serves protocol tests (toy learners) and the
 simulator (real DP-SGD learners). What a link does to each datagram is a :class:`LinkBehaviour`:
-:class:`LinkModel` here (latency + independent loss), ``sim.netmodel`` for the full model.
+:class:`LinkModel` here (latency + independent loss), ``sim.network_conditions`` for the full model.
 
 Scaling: node timers live in a heap with lazy invalidation (a node's entry is re-pushed whenever
 it is touched and stale entries are skipped), so one event costs O(log N), not O(N).
