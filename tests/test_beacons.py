@@ -18,6 +18,7 @@ from flava_p2p.errors import FlavaError
 from flava_p2p.runtime.multicast import open_beacon_socket
 
 
+@pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
 def test_nodes_without_bootstrap_find_each_other_by_beacons(
     tiny_corpus: Path, tmp_path: Path
 ) -> None:

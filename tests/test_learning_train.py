@@ -160,6 +160,7 @@ class TestTrainer:
 
 
 class TestCrashSafety:
+    @pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
     def test_ledger_survives_kill_between_steps(self, tiny_corpus: Path, tmp_path: Path) -> None:
         """kill -9 mid-training, three times: after restore ε ≥ the last ε the process reported."""
         load_features(scan_corpus(tiny_corpus), FeatureConfig())  # warm the feature cache

@@ -63,6 +63,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         c.stop_all()
 
 
+@pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
 def test_discover_learn_crash_rejoin(cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """All discover all; deltas flow; accuracy ≫ chance; kill -9 + restart keeps PeerID and ε."""
     ids = [cluster.status(i)["peer_id"] for i in range(N)]

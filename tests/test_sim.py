@@ -52,6 +52,7 @@ FULL = {
 
 
 class TestDeterminism:
+    @pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
     def test_same_seed_gives_byte_identical_metrics(self, tmp_path: Path) -> None:
         """Everything on: loss, bursts, duplication, reordering, partition, churn, faults."""
         sc = scenario(**FULL)
@@ -291,6 +292,7 @@ class TestScenarioFiles:
         assert defence_label(runs[0][1]) == "krum"
         assert defence_label(plain) == "mean (unscreened)"
 
+    @pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
     def test_sweep_report_has_heatmap_and_privacy_curve(self, tmp_path: Path) -> None:
         from flava_p2p.sim.sweep import run_sweep
 
