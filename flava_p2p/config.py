@@ -338,6 +338,25 @@ class PrivacyConfig(_Strict):
             raise ValueError("must be a finite number; set privacy.enabled: false for no DP")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _epsilon_shorthand(cls, data: Any) -> Any:
+        """``epsilon: E`` means enabled with target E; ``epsilon: null`` means DP off."""
+        if isinstance(data, dict) and "epsilon" in data:
+            data = dict(data)
+            eps = data.pop("epsilon")
+            if eps is None:
+                data["enabled"] = False
+            else:
+                data["enabled"] = True
+                data["target_epsilon"] = eps
+        return data
+
+    @property
+    def epsilon(self) -> float | None:
+        """The target ε when DP is on, else None (the ``epsilon:`` shorthand, read back)."""
+        return self.target_epsilon if self.enabled else None
+
 
 class DataConfig(_Strict):
     """Where this node's own audio lives (never leaves the device)."""

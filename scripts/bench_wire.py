@@ -98,7 +98,7 @@ def wire_sizes() -> dict[str, Any]:
                     1,
                     encode_vector(
                         delta,
-                        enc,  # type: ignore[arg-type]
+                        enc,
                         compress=z,
                     ),
                 ),

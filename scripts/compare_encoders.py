@@ -58,8 +58,9 @@ class OpenWakeWordEncoder:
         spec = np.squeeze(self.mel.run(None, {"input": audio})[0]) / 10 + 2  # as openWakeWord
         windows = [spec[i : i + 76] for i in range(0, spec.shape[0] - 75, 8)]
         batch = np.stack(windows)[..., None].astype(np.float32)
-        out = self.emb.run(None, {"input_1": batch})[0].reshape(len(windows), 96)
-        return out.T.astype(np.float32)
+        out = np.asarray(self.emb.run(None, {"input_1": batch})[0]).reshape(len(windows), 96)
+        result: np.ndarray = out.T.astype(np.float32)
+        return result
 
 
 def openwakeword_features(scan: Any, models: Path) -> tuple[FeatureSet, float]:

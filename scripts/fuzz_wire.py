@@ -120,7 +120,7 @@ def _header_edit(d: bytes, rng: random.Random) -> bytes:
     else:
         fields[i] = "evilnet"
     hb = msgpack.packb(fields, use_bin_type=True)
-    return b"\x01" + len(hb).to_bytes(2, "big") + hb + d[3 + hlen :]
+    return b"\x01" + len(hb).to_bytes(2, "big") + bytes(hb) + d[3 + hlen :]
 
 
 MUTATORS: list[Callable[[bytes, random.Random], bytes]] = [

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: setup when needed, then ruff, mypy (strict on flava_p2p), pytest.
+# The test command: setup when needed, then ruff, mypy (strict: package, tests, scripts), pytest.
 # Fast suite by default; `scripts/test.sh --slow` (or FLAVA_SLOW=1) also runs tests marked slow.
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -15,7 +15,7 @@ done
 
 echo "== ruff"
 $PY -m ruff check flava_p2p tests scripts
-echo "== mypy"
+echo "== mypy (package strict; tests and scripts too)"
 $PY -m mypy
 echo "== pytest"
 # Two cores: keep torch from oversubscribing them inside tests.

@@ -31,12 +31,14 @@ class TestModelAttacks:
         """sign_flip sends genesis − (own − genesis)."""
         c = ctx()
         out = apply_model_attack(parse_attack("sign_flip"), c)
+        assert out is not None
         np.testing.assert_allclose(out, -c.own)
 
     def test_scaling_multiplies_the_change(self) -> None:
         """scaling:factor=10 sends genesis + 10·(own − genesis)."""
         c = ctx()
         out = apply_model_attack(parse_attack("scaling:factor=10"), c)
+        assert out is not None
         np.testing.assert_allclose(out, 10 * c.own, rtol=1e-6)
 
     def test_alie_uses_the_papers_z_for_n_and_f(self) -> None:
@@ -45,6 +47,7 @@ class TestModelAttacks:
         pool = np.stack([*c.received, c.own])
         z = NormalDist().inv_cdf((16 - (16 // 2 + 1 - 4)) / 16)
         out = apply_model_attack(parse_attack("alie"), c)
+        assert out is not None
         np.testing.assert_allclose(out, pool.mean(0) - z * pool.std(0), rtol=1e-5)
         assert 0.45 < z < 0.5
 
@@ -52,12 +55,14 @@ class TestModelAttacks:
         """A real attacker told f=4 in a 16-node network attacks like the simulator's."""
         sim = apply_model_attack(parse_attack("alie"), ctx(12, 4))
         real = apply_model_attack(parse_attack("alie:f=4"), ctx(15, 1))  # view 15 + itself
+        assert real is not None and sim is not None
         np.testing.assert_allclose(real, sim)
 
     def test_alie_lone_attacker_has_z_zero(self) -> None:
         """The paper's z for f = 1 of 16 is 0 (it sends the mean): testers pass alie:f=K."""
         out = apply_model_attack(parse_attack("alie"), ctx(15, 1))
         c = ctx(15, 1)
+        assert out is not None
         np.testing.assert_allclose(out, np.stack([*c.received, c.own]).mean(0), rtol=1e-6)
 
     def test_alie_mixed_shifts_each_coordinate_by_z_sigma_in_a_fixed_direction(self) -> None:

@@ -155,9 +155,10 @@ class TestSeqReservation:
         path = tmp_path / "state.msgpack"
         state = NodeState()
         b.core.wire.next_seq = 1  # a fresh node starts here
-        b._before_transmit = lambda: state.reserve_before_transmit(
-            b.core.wire.next_seq, None, path
-        )
+        def reserve() -> None:
+            state.reserve_before_transmit(b.core.wire.next_seq, None, path)
+
+        b._before_transmit = reserve
         inner = b._send
         checked = 0
 

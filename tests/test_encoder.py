@@ -33,7 +33,8 @@ def reference_clip() -> np.ndarray:
     f0 = 140 + 40 * t
     phase = 2 * np.pi * np.cumsum(f0) / 16000
     wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * np.exp(-(((t - 0.75) / 0.2) ** 2))
-    return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+    out: np.ndarray = (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+    return out
 
 
 class TestEncoder:
@@ -106,7 +107,8 @@ class TestHeads:
     @pytest.mark.parametrize("name", ["embed_linear", "embed_mlp"])
     def test_heads_accept_embeddings_and_pooled_vectors(self, name: str, pooling: str) -> None:
         """Every head maps (B, 1, 96, W) embeddings to logits; fixed pooling can be hoisted."""
-        model = build_model(ModelConfig(name=name, pooling=pooling, width=16), 5, 96, 10)  # type: ignore[arg-type]
+        cfg = ModelConfig.model_validate({"name": name, "pooling": pooling, "width": 16})
+        model = build_model(cfg, 5, 96, 10)
         x = torch.randn(4, 1, 96, 10)
         logits = model(x)
         assert logits.shape == (4, 5)

@@ -39,7 +39,10 @@ class TestSynth:
         assert rate == 16000 and len(wav) == 16000 and np.abs(wav).max() > 0.05
         val = (tiny_corpus / "validation_list.txt").read_text().split()
         test = (tiny_corpus / "testing_list.txt").read_text().split()
-        spk = lambda rel: Path(rel).name.split("_nohash_")[0]  # noqa: E731
+
+        def spk(rel: str) -> str:
+            return Path(rel).name.split("_nohash_")[0]
+
         assert val and test
         assert {spk(r) for r in val}.isdisjoint({spk(r) for r in test})
 
@@ -188,7 +191,13 @@ class TestPartitioners:
 
     def test_iid_and_dirichlet(self) -> None:
         """IID and Dirichlet cover every sample once and repeat under the same seed."""
-        for make in (lambda s: iid(70, 4, seed=s), lambda s: dirichlet(self.labels, 4, 0.3, s)):
+        def by_iid(s: int) -> list[np.ndarray]:
+            return iid(70, 4, seed=s)
+
+        def by_dirichlet(s: int) -> list[np.ndarray]:
+            return dirichlet(self.labels, 4, 0.3, s)
+
+        for make in (by_iid, by_dirichlet):
             parts = make(5)
             self._check_cover(parts, 70)
             assert all((a == b).all() for a, b in zip(parts, make(5), strict=True))
@@ -197,7 +206,10 @@ class TestPartitioners:
         """Small alpha gives nodes few classes; large alpha gives them most classes."""
         skewed = dirichlet(np.repeat(np.arange(10), 100), 10, 0.05, seed=0, min_size=1)
         flat = dirichlet(np.repeat(np.arange(10), 100), 10, 100.0, seed=0)
-        classes = lambda ps: np.mean([len(set((p // 100).tolist())) for p in ps])  # noqa: E731
+
+        def classes(ps: list[np.ndarray]) -> float:
+            return float(np.mean([len(set((p // 100).tolist())) for p in ps]))
+
         assert classes(skewed) < 5 < classes(flat)
 
     def test_more_nodes_than_speakers_split_speakers(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from flava_p2p.config import Compression
 from flava_p2p.identity import Identity
 from flava_p2p.sim.lossy_link import send_over_lossy_link
 from flava_p2p.wire import envelope as env_mod
@@ -75,7 +77,7 @@ dp_info = st.builds(
     st.none() | finite,
 )
 vectors = hnp.arrays(np.float32, st.integers(0, 3000), elements=st.floats(-1e3, 1e3, width=32))
-encodings = st.sampled_from(["fp32", "fp16", "int8", "topk"])
+encodings: st.SearchStrategy[Compression] = st.sampled_from(["fp32", "fp16", "int8", "topk"])
 
 
 @st.composite
@@ -252,7 +254,7 @@ class TestAdmission:
         outsider, _, _ = endpoints(network_key=None)
         wrong, _, _ = endpoints(network_key=bytes(32))
         called: list[bytes] = []
-        monkeypatch.setattr("flava_p2p.wire.endpoint.parse", lambda *a, **k: called.append(a[0]))  # type: ignore[func-returns-value]
+        monkeypatch.setattr("flava_p2p.wire.endpoint.parse", lambda *a, **k: called.append(a[0]))
         for ep in (outsider, wrong):
             for d in ep.seal(B.peer_id, Ping(1), NOW):
                 assert b.receive(d, NOW, "1.2.3.4:5") == []
@@ -388,7 +390,9 @@ class TestTensorCodec:
             lambda o: o.update(data="text"),
         ],
     )
-    def test_malformed_rejected_before_allocation(self, mutate: Callable[[dict], None]) -> None:
+    def test_malformed_rejected_before_allocation(
+        self, mutate: Callable[[dict[str, Any]], None]
+    ) -> None:
         """Lies about size/type/content raise TensorCodecError, never anything else."""
         obj = encode_vector(np.ones(16, np.float32))
         mutate(obj)

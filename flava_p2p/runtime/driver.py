@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,13 +24,19 @@ from typing import Any
 import numpy as np
 import structlog
 
-from flava_p2p.attacks import AttackSpec, flip_labels, make_attack_hook
+from flava_p2p.attacks import AttackSpec, flip_labels
 from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
 from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
-from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
+from flava_p2p.node.assembly import (
+    ModelIdentity,
+    Resume,
+    assemble_core,
+    attach_attack,
+    core_spec,
+)
 from flava_p2p.protocol.node import (
     Addr,
     Event,
@@ -48,7 +53,6 @@ from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
-from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import DpInfo
 
 log = structlog.get_logger("flava.node")
@@ -155,8 +159,6 @@ class NodeRunner:
                 lambda: _Udp(self._on_datagram, self._count), sock=sock
             )
         self.core = self._build_core(genesis_vec, first_seq)
-        if self.attack is not None and self.attack.kind == "model":
-            self.core.outgoing_hook = make_attack_hook(self.attack, np.random.default_rng())
         self.core_loop = CoreLoop(
             self.core,
             AsyncioScheduler(loop),
@@ -209,43 +211,27 @@ class NodeRunner:
         network_key = None
         if cfg.network.network_key_file is not None:
             network_key = read_network_key(resolve(self.home, cfg.network.network_key_file))
-        wire = WireEndpoint(
+        spec = core_spec(
+            cfg,
             self.identity,
-            cfg.network.network_id,
-            network_key=network_key,
-            mtu=cfg.network.mtu,
-            first_seq=first_seq,
-        )
-        message_noise = None
-        if cfg.privacy.message_noise_multiplier is not None:
-            message_noise = MessageNoise(
-                cfg.privacy.message_clip,
-                cfg.privacy.message_noise_multiplier,
-                cfg.privacy.delta,
-                self.state.message_releases,
-            )
-        core = NodeCore(
-            self.identity,
-            network_id=cfg.network.network_id,
-            genesis=genesis_vec,
-            schema=bytes.fromhex(self.trainer.schema),
-            schema_card=self.trainer.schema_card,
-            gossip=cfg.gossip,
-            rng=random.Random(f"{cfg.seed}:{self.identity.peer_id_str}"),
-            advertised=self.addresses,
-            bootstrap=[parse_multiaddr(a)[:2] for a in cfg.network.bootstrap],
-            wire=wire,
-            message_noise=message_noise,
-            noise_rng=np.random.default_rng(),  # OS entropy: never a seed a peer could learn
-            beacon=(
-                (parse_group(cfg.network.beacon_group), cfg.network.beacon_period_s)
-                if cfg.network.multicast_beacons
-                else None
+            ModelIdentity(
+                genesis_vec, bytes.fromhex(self.trainer.schema), self.trainer.schema_card
             ),
+            advertised=self.addresses,
+            network_key=network_key,
+            rng_seed=f"{cfg.seed}:{self.identity.peer_id_str}",
         )
-        core.model = self.trainer.get_flat()
-        core.round = self.state.round
-        core.restore_view(self.state.view)
+        resume = Resume(
+            model=self.trainer.get_flat(),
+            round=self.state.round,
+            view=self.state.view,
+            message_releases=self.state.message_releases,
+        )
+        # Message noise from OS entropy: never a seed a peer could learn.
+        core = assemble_core(
+            spec, first_seq=first_seq, noise_rng=np.random.default_rng(), resume=resume
+        )
+        attach_attack(core, self.attack, np.random.default_rng())
         return core
 
     def stop(self) -> None:

@@ -70,23 +70,15 @@ class _OneByOne:
         """Nothing to release."""
 
 
-def _privacy(sc: Scenario, steps: int) -> PrivacyConfig:
-    p = sc.privacy
-    return PrivacyConfig(
-        enabled=p.epsilon is not None,
-        target_epsilon=p.epsilon or 1.0,
-        delta=p.delta,
-        max_grad_norm=p.max_grad_norm,
-        planned_steps=max(1, steps),
-        accountant=p.accountant,
-    )
+def node_privacy(sc: Scenario) -> PrivacyConfig:
+    """Every simulated node's privacy settings: exactly the scenario's (one schema with the
+    node's; ``planned_steps`` defaults to rounds × local_steps, resolved by the scenario)."""
+    return sc.privacy
 
 
 def planned_steps(sc: Scenario) -> int:
-    """DP steps a node plans for: one burst of ``local_steps`` per gossip round by default."""
-    if sc.privacy.planned_steps is not None:
-        return sc.privacy.planned_steps
-    return sc.rounds * sc.learner.training.local_steps
+    """DP steps a node plans for."""
+    return sc.privacy.planned_steps
 
 
 def label_flippers(sc: Scenario) -> set[int]:
@@ -185,7 +177,7 @@ class RealLearners:
         model_cfg = ModelConfig(
             name=sc.learner.model, width=sc.learner.width, pooling=sc.learner.pooling
         )
-        privacy = _privacy(sc, planned_steps(sc))
+        privacy = node_privacy(sc)
         workers = sc.learner.workers if own is None else 1
         if own is None:
             own = list(range(len(parts))) if workers == 1 else [0]  # node 0: genesis/schema
@@ -422,7 +414,7 @@ class SyntheticLearners(_OneByOne):
         self._taken = [0] * sc.nodes
         self.ledger: PrivacyLedger | None = None
         if sc.privacy.epsilon is not None:
-            self.ledger = PrivacyLedger.plan(_privacy(sc, planned_steps(sc)), self.batch / n)
+            self.ledger = PrivacyLedger.plan(node_privacy(sc), self.batch / n)
         self._eps_cache: dict[int, float] = {}
 
     def _features(self, y: npt.NDArray[np.int64], rng: np.random.Generator) -> Vec:

@@ -25,15 +25,25 @@ import structlog
 import yaml
 from nacl.signing import SigningKey
 
-from flava_p2p.attacks import make_attack_hook, parse_attack
+from flava_p2p.attacks import parse_attack
+from flava_p2p.config import NetworkConfig, NodeConfig
 from flava_p2p.identity import Identity, make_multiaddr
+from flava_p2p.node.assembly import (
+    CoreSpec,
+    ModelIdentity,
+    Resume,
+    assemble_core,
+    attach_attack,
+    core_spec,
+    snapshot,
+)
 from flava_p2p.protocol.node import Event, NodeCore
 from flava_p2p.sim.learners import Learners, make_learners
 from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.sim.topology import STATIC, build_graph, neighbours
 from flava_p2p.sim.virtual_network import VirtualNetwork
-from flava_p2p.wire.endpoint import KIND_ENVELOPE, WireEndpoint
+from flava_p2p.wire.endpoint import KIND_ENVELOPE
 from flava_p2p.wire.envelope import VERSION, seal
 from flava_p2p.wire.messages import DpInfo, MsgType, PeerDescriptor
 
@@ -80,6 +90,12 @@ class Simulation:
             for i in range(n)
         ]
         self.graph = build_graph(sc.topology, n, self.seed)
+        # A pre-shared network key (seeded): rogue fault hosts do not hold it.
+        self.network_key = (
+            hashlib.sha256(f"flava-sim/network-key/{self.seed}".encode()).digest()
+            if sc.node.network_key
+            else None
+        )
         self.gossip = self._gossip_config()
         for i in range(n):
             self.net.add(self._build_core(i, first_seq=0))
@@ -118,22 +134,57 @@ class Simulation:
             ident.peer_id, ident.keys.box_key, ident.keys.box_key_sig, (self._address(i),)
         )
 
-    def _build_core(self, i: int, first_seq: int) -> NodeCore:
-        discovered = self.sc.topology.kind == "discovered"
-        core = NodeCore(
-            self.identities[i],
+    def node_config(self, i: int) -> NodeConfig:
+        """Node i's settings as the ``node.yaml`` a real node would run with."""
+        sc = self.sc
+        discovered = sc.topology.kind == "discovered"
+        host, port = VirtualNetwork.address(0)
+        boot = [make_multiaddr(host, port, self.identities[0].peer_id)]
+        network = NetworkConfig(
             network_id=NETWORK_ID,
-            genesis=self.learners.genesis,
-            schema=self.learners.schema,
-            schema_card=getattr(self.learners, "schema_card", None),
-            gossip=self.gossip,
-            rng=random.Random(f"{self.seed}:{i}"),
-            advertised=[self._address(i)],
-            bootstrap=[VirtualNetwork.address(0)] if discovered and i != 0 else [],
-            wire=WireEndpoint(self.identities[i], NETWORK_ID, first_seq=first_seq),
+            mtu=sc.node.mtu,
+            bootstrap=boot if discovered and i != 0 else [],
+            multicast_beacons=sc.node.multicast_beacons,
+            beacon_period_s=sc.node.beacon_period_s,
         )
-        if i in self.byzantine and self.attack is not None and self.attack.kind == "model":
-            core.outgoing_hook = make_attack_hook(
+        # gossip is taken as is: static graphs pin fanout/view above the node.yaml limits.
+        return NodeConfig.model_construct(
+            **{
+                **NodeConfig().__dict__,
+                "network": network,
+                "gossip": self.gossip,
+                "privacy": sc.privacy,
+                "seed": self.seed,
+            }
+        )
+
+    def _core_spec(self, i: int) -> CoreSpec:
+        """Node i through the same assembly a real node uses."""
+        model = ModelIdentity(
+            self.learners.genesis,
+            self.learners.schema,
+            getattr(self.learners, "schema_card", {}),
+        )
+        return core_spec(
+            self.node_config(i),
+            self.identities[i],
+            model,
+            advertised=[self._address(i)],
+            network_key=self.network_key,
+            rng_seed=f"{self.seed}:{i}",
+        )
+
+    def _build_core(self, i: int, first_seq: int, resume: Resume | None = None) -> NodeCore:
+        core = assemble_core(
+            self._core_spec(i),
+            first_seq=first_seq,
+            # Seeded, for reproducible runs; a real node draws message noise from OS entropy.
+            noise_rng=np.random.default_rng([self.seed, i, 0x5EED]),
+            resume=resume,
+        )
+        if i in self.byzantine:
+            attach_attack(
+                core,
                 self.attack,
                 np.random.default_rng([self.seed, i, 0xBAD]),
                 n_byzantine=len(self.byzantine),
@@ -166,10 +217,7 @@ class Simulation:
             self._events["churn_down"] += 1
             return
         old = self.net.nodes[i]
-        core = self._build_core(i, first_seq=old.wire.next_seq)
-        core.model, core.round = old.model.copy(), old.round
-        core.sample_count, core.dp = old.sample_count, old.dp
-        core.restore_view(old.view_descriptors())
+        core = self._build_core(i, first_seq=old.wire.next_seq, resume=snapshot(old))
         self.net.down.discard(i)
         self.net.set_node(i, core)
         self._events["churn_up"] += 1

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from flava_p2p.config import (
     FeatureConfig,
     GossipConfig,
+    PrivacyConfig,
     TrainingConfig,
     _Strict,
     check_model_frontend,
@@ -183,17 +184,6 @@ class LearnerSpec(_Strict):
     """Examples per node for the synthetic learner."""
 
 
-class PrivacySpec(_Strict):
-    """Example-level DP-SGD on every node. ``epsilon: null`` turns DP off."""
-
-    epsilon: float | None = Field(default=8.0, gt=0)
-    delta: float = Field(default=1e-5, gt=0, lt=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    accountant: Literal["rdp", "prv"] = "rdp"
-    planned_steps: int | None = Field(default=None, ge=1)
-    """σ is planned for this many steps per node (default: rounds × local_steps)."""
-
-
 class ByzantineSpec(_Strict):
     """Which nodes misbehave and how (any ``attacks/`` spec, e.g. ``alie:z=1.5``)."""
 
@@ -229,6 +219,20 @@ class MetricsSpec(_Strict):
     plots: bool = True
 
 
+class NodeSettings(_Strict):
+    """What a real node sets in node.yaml's network section, for every simulated node."""
+
+    mtu: int = Field(default=1200, ge=512, le=65000)
+    """Datagram payload budget; larger messages are fragmented (and repaired by NACK)."""
+    network_key: bool = False
+    """All nodes share a (seeded) pre-shared network key, as ``network.network_key_file`` does
+    for real nodes; datagrams without its MAC (rogue fault hosts) are dropped before parsing."""
+    multicast_beacons: bool = False
+    """Nodes announce themselves by signed HELLO beacons to a multicast group, which the
+    virtual network delivers to every node, as a LAN does."""
+    beacon_period_s: float = Field(default=5.0, gt=0)
+
+
 class Scenario(_Strict):
     """One simulation: nodes, data, learning, privacy, network, faults and measurements."""
 
@@ -243,10 +247,14 @@ class Scenario(_Strict):
     topology: Topology = Field(default_factory=Topology)
     data: DataSpec = Field(default_factory=DataSpec)
     learner: LearnerSpec = Field(default_factory=LearnerSpec)
-    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    """The nodes' privacy settings — the same schema as a node's ``privacy:`` section.
+    ``epsilon: E`` is short for ``enabled: true, target_epsilon: E`` (``null``: no DP).
+    ``planned_steps`` defaults to rounds × local_steps here when not given."""
     network: NetworkModel = Field(default_factory=NetworkModel)
     byzantine: ByzantineSpec = Field(default_factory=ByzantineSpec)
     faults: ProtocolFaults = Field(default_factory=ProtocolFaults)
+    node: NodeSettings = Field(default_factory=NodeSettings)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
 
     @model_validator(mode="after")
@@ -258,6 +266,12 @@ class Scenario(_Strict):
             )
         if self.learner.kind == "real":
             check_model_frontend(self.learner.model, self.data.features.kind, "learner.model")
+        if "planned_steps" not in self.privacy.model_fields_set:
+            # A node plans its DP budget for one burst of local_steps per gossip round. Fixed
+            # here, so the resolved scenario (scenario.yaml, worker processes) says it outright.
+            steps = max(1, self.rounds * self.learner.training.local_steps)
+            planned = self.privacy.model_copy(update={"planned_steps": steps})
+            object.__setattr__(self, "privacy", planned)  # frozen model: set once, here
         byz = self.byzantine
         if byz.nodes is not None and any(not 0 <= i < self.nodes for i in byz.nodes):
             raise ValueError(f"byzantine.nodes must be node indices in [0, {self.nodes})")

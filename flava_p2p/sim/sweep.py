@@ -158,6 +158,14 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
     return summary, records, scenario
 
 
+def _target_epsilon(privacy: dict[str, Any]) -> float | None:
+    """The run's target ε from its scenario.yaml (None: no DP); reads older runs' files too."""
+    if "epsilon" in privacy:
+        eps: float | None = privacy["epsilon"]
+        return eps
+    return privacy.get("target_epsilon") if privacy.get("enabled", True) else None
+
+
 def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Compare runs: ``report.json`` plus accuracy, privacy and attack×defence plots as the
     runs' differences allow."""
@@ -170,7 +178,7 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
         rows.append(
             {
                 "run": d.name,
-                "epsilon_target": sc["privacy"]["epsilon"],
+                "epsilon_target": _target_epsilon(sc["privacy"]),
                 "epsilon_max": s["privacy"]["epsilon_max"],
                 "attack": s["attack"] or "none",
                 "aggregation": s["aggregation"],

@@ -13,6 +13,7 @@ it is touched and stale entries are skipped), so one event costs O(log N), not O
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import random
 from collections.abc import Callable
@@ -245,7 +246,17 @@ class VirtualNetwork:
         self._after(i)
 
     def send_from(self, i: int, src: Addr, dst_addr: Addr, datagram: bytes) -> None:
-        """Put one datagram from node ``i`` on the link to ``dst_addr``."""
+        """Put one datagram from node ``i`` on the link to ``dst_addr`` (a multicast group
+        address reaches every other node, each over its own link, like a LAN)."""
+        if _is_multicast(dst_addr[0]):
+            if i in self.down:
+                return
+            self.bytes_sent[i] += len(datagram)
+            for dst in range(len(self.nodes)):
+                if dst != i:
+                    for delay in self.link.transmit(i, dst, len(datagram), self.now, self.rng):
+                        self._push(self.now + delay, dst, (src, datagram))
+            return
         dst = self.index_of(dst_addr)
         if i in self.down or not 0 <= dst < len(self.nodes):
             self.dropped += 1
@@ -257,3 +268,10 @@ class VirtualNetwork:
             self.dropped += 1
         for delay in delays:
             self._push(self.now + delay, dst, (src, datagram))
+
+
+def _is_multicast(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_multicast
+    except ValueError:
+        return False
