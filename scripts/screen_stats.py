@@ -2,7 +2,7 @@
 """How one-sided are received models? Honest vs Byzantine senders, from a simulation. JSON out.
 
 Runs a ``flava-sim`` scenario and, at every gossip round of every node, records the
-one-sidedness (``NodeCore._one_sidedness``: the fraction of differing coordinates on the
+one-sidedness (``protocol.screens.one_sidedness``: the fraction of differing coordinates on the
 majority side of the receiver's model) of each received model before the screens judge it,
 split by whether the sender is one of the scenario's Byzantine nodes. Prints percentiles
 (0, 50, 90, 99, 99.9, 100), counts, how many exceed ``gossip.max_one_sided``, and the run's
@@ -22,6 +22,7 @@ import numpy as np
 
 from flava_p2p.cli.sim_run import load_with_overrides
 from flava_p2p.protocol import node as node_module
+from flava_p2p.protocol.screens import one_sidedness
 from flava_p2p.sim.runner import Simulation
 
 
@@ -41,7 +42,7 @@ def main() -> int:
     def recording_screen(self: Any, fresh: Any, now: float) -> Any:
         for peer, received in fresh.items():
             kind = "byzantine" if peer in byzantine_ids else "honest"
-            seen[kind].append(self._one_sidedness(received.model))
+            seen[kind].append(one_sidedness(received.model, self.model))
         return screen(self, fresh, now)
 
     node_module.NodeCore._screen = recording_screen  # type: ignore[method-assign]

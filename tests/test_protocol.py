@@ -11,6 +11,7 @@ from flava_p2p.config import GossipConfig
 from flava_p2p.identity import Identity
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, SchemaMismatch
+from flava_p2p.protocol.screens import one_sidedness
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.sim.virtual_network import LinkModel, VirtualNetwork
 from flava_p2p.wire.messages import DpInfo, PeerDescriptor
@@ -502,8 +503,8 @@ class TestScreening:
         for scale in (1e-4, 1e-2, 1.0):
             for _ in range(50):
                 other = core.model + scale * rng.normal(size=7500).astype(np.float32)
-                assert core._one_sidedness(other) < limit
-        assert core._one_sidedness(core.model.copy()) == 0.5
+                assert one_sidedness(other, core.model) < limit
+        assert one_sidedness(core.model.copy(), core.model) == 0.5
 
     def test_scaled_model_is_not_merged(self) -> None:
         """A model moved 10x as far from genesis as the others is dropped and charged; with

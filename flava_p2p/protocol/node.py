@@ -37,6 +37,7 @@ from flava_p2p.identity import (
 )
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.scores import PeerScores
+from flava_p2p.protocol.screens import ModelScreens, cap_samples
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.wire.endpoint import Inbound, WireEndpoint
 from flava_p2p.wire.messages import (
@@ -57,8 +58,6 @@ from flava_p2p.wire.tensors import encode_vector
 Addr = tuple[str, int]
 Vec = npt.NDArray[np.float32]
 
-#: The one-sidedness screen needs this many differing coordinates before it judges a model.
-_MIN_DIFFERING = 64
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -189,6 +188,8 @@ class NodeCore:
         self.identity = identity
         self.cfg = gossip
         self.rng = rng
+        self.screens = ModelScreens.from_config(gossip)
+        """The pre-merge screens (``protocol/screens.py``), from the gossip settings."""
         self.genesis = np.asarray(genesis, dtype=np.float32).copy()
         self.genesis_hash = genesis_hash(self.genesis)
         self.schema = schema
@@ -200,7 +201,7 @@ class NodeCore:
         self.sample_count = 0
         self.dp = DpInfo(None, None)
         # Sum of this node's own training updates: where its *own data* says to go. Peers
-        # cannot move it, unlike the model itself (see _direction_reference).
+        # cannot move it, unlike the model itself (see screens.direction_reference).
         self._own_progress = np.zeros(self.genesis.shape, dtype=np.float64)
         self.wire = wire or WireEndpoint(identity, network_id)
         self.wire.rejections.listener = self._on_reject
@@ -537,88 +538,23 @@ class NodeCore:
         self._events.append(TrainRequest(self.round))
 
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
-        """Drop received models no honest peer of this task would send, charging the sender.
-
-        Two tests look at changes since the shared genesis, which is what training moves:
-        a change far larger than the median one (scaling, model replacement) or pointing
-        against ours (sign-flip, inner-product manipulation). The third looks at the model's
-        difference from ours: shifted the same way in nearly every coordinate (ALIE).
-        Clipping bounds each survivor.
-        """
-        ratio, cosine, one_sided = (
-            self.cfg.max_norm_ratio,
-            self.cfg.opposed_cosine,
-            self.cfg.max_one_sided,
+        """Drop received models no honest peer of this task would send (``screens.py``),
+        charging each refused sender."""
+        result = self.screens.judge(
+            self.model, self.genesis, self._own_progress, {p: r.model for p, r in fresh.items()}
         )
-        if ratio is None and cosine is None and one_sided is None:
-            return fresh
-        model_delta = (self.model - self.genesis).astype(np.float64)
-        own = self._direction_reference(model_delta)
-        own_norm = float(np.linalg.norm(own))
-        deltas = {p: (r.model - self.genesis).astype(np.float64) for p, r in fresh.items()}
-        norms = {p: float(np.linalg.norm(d)) for p, d in deltas.items()}
-        # With an honest majority among own + received, the median change is an honest one.
-        typical = float(np.median([float(np.linalg.norm(model_delta)), *norms.values()]))
-        kept = {}
-        for peer, r in fresh.items():
-            norm = norms[peer]
-            if ratio is not None and typical > 0 and norm > ratio * typical:
-                self._penalize(peer, "norm_bound", now)
-            elif (
-                cosine is not None
-                and own_norm > 0  # not trained yet: no direction to compare with
-                and norm > 0
-                and float(deltas[peer] @ own) / (norm * own_norm) < cosine
-            ):
-                self._penalize(peer, "opposed", now)
-            elif one_sided is not None and self._one_sidedness(r.model) > one_sided:
-                self._penalize(peer, "one_sided", now)
-            else:
-                kept[peer] = r
-        return kept
-
-    def _one_sidedness(self, model: Vec) -> float:
-        """Fraction of the differing coordinates in which ``model`` lies on its majority side
-        of ours: about 0.5 for an honest model, near 1 for ALIE's μ − z·σ.
-
-        Below ``_MIN_DIFFERING`` differing coordinates (e.g. before anyone trained) the
-        fraction says nothing and 0.5 is returned.
-        """
-        diff = np.asarray(model, dtype=np.float32) - self.model
-        above, below = int(np.count_nonzero(diff > 0)), int(np.count_nonzero(diff < 0))
-        if above + below < _MIN_DIFFERING:
-            return 0.5
-        return max(above, below) / (above + below)
-
-    def _direction_reference(self, model: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Which way "forward" is for the opposed-direction test.
-
-        Normally ``model``, our model's change since genesis. But a node that attackers
-        already dragged past the genesis would then see honest models as opposed and flipped
-        ones as aligned, and stay captured; its own training keeps pulling the other way, so
-        when the model points against the sum of our own training updates, that sum is the
-        reference. (The sum alone is not used always: near consensus it is dominated by the
-        tug between our data and the others', which points against every other honest node's
-        deviation.)
-        """
-        progress = self._own_progress
-        m, p = float(np.linalg.norm(model)), float(np.linalg.norm(progress))
-        if m > 0 and p > 0 and float(model @ progress) / (m * p) < 0:
+        if result.direction_from_own_training:
             self._count("direction_from_own_training")
-            return progress
-        return model
+        for peer, reason in result.refused:
+            self._penalize(peer, reason, now)
+        return {p: fresh[p] for p in result.kept}
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
-        """Sample counts are a peer's claim: cap each at twice the median claim (own included).
-
-        Otherwise one Byzantine peer claiming 10⁹ examples takes nearly all the weight of every
-        merge; with a majority of honest inputs the median is an honest count.
-        """
-        cap = 2 * float(np.median([max(self.sample_count, 1), *claimed]))
-        out = [max(1, min(c, int(cap))) for c in claimed]
-        if any(c > int(cap) for c in claimed):
+        """Peers' claimed sample counts, capped (``screens.cap_samples``)."""
+        capped, cut = cap_samples(self.sample_count, claimed)
+        if cut:
             self._count("sample_count_capped")
-        return out
+        return capped
 
     def _flag_outliers(self, peers: list[bytes], dist: npt.NDArray[np.float32], now: float) -> None:
         """Peers much farther from us than the typical recent neighbour lose score."""
