@@ -62,6 +62,11 @@ def register(sub: Any) -> None:
     sweep.add_argument("--out", default=None, help="output dir (default runs/<sweep name>)")
     sweep.add_argument("--jobs", type=int, default=None, help="parallel runs (default: cores)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip cells whose run directory already holds a finished run (summary.json)",
+    )
     add_logging_args(sweep, top_level=False)
     sweep.set_defaults(func=_cmd_sweep)
 
@@ -179,7 +184,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         def on_done(n: int, total: int, summary: dict[str, Any]) -> None:
             bar.update(task, completed=n, info=summary["label"])
 
-        results = run_sweep(args.sweep, out, args.jobs, on_done)
+        results = run_sweep(args.sweep, out, args.jobs, on_done, resume=args.resume)
     _print_report(json.loads((out / "report.json").read_text(encoding="utf-8")))
     print(f"{len(results)} runs in {out}")
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from flava_p2p.attacks import AttackSpec, flip_labels
+from flava_p2p.attacks.network import NetworkAttacker
 from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
@@ -80,7 +81,11 @@ class NodeRunner:
         self._training = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flava-train")
         self._stop = asyncio.Event()
-        self._sent_log: list[tuple[tuple[str, int], bytes]] = []
+        self.net_attacker = (
+            NetworkAttacker(attack, np.random.default_rng())
+            if attack is not None and attack.kind == "network"
+            else None
+        )
         self._kernel_filtered: list[tuple[str, int]] = []
 
     # ------------------------------------------------------------------ setup
@@ -195,7 +200,7 @@ class NodeRunner:
                 loop.add_signal_handler(sig, self._stop.set)
         self.core_loop.start()
         tasks = [asyncio.create_task(self._save_loop())]
-        if self.attack is not None and self.attack.kind == "network":
+        if self.net_attacker is not None:
             tasks.append(asyncio.create_task(self._network_attack_loop()))
         try:
             await self._stop.wait()
@@ -312,12 +317,15 @@ class NodeRunner:
         )
 
     def _send(self, datagram: bytes, addr: Addr) -> None:
+        self._transmit(datagram, addr)
+        if self.net_attacker is not None:
+            self.net_attacker.remember(addr, datagram)
+
+    def _transmit(self, datagram: bytes, addr: Addr) -> None:
         try:
             self.transport.sendto(datagram, addr)
         except OSError:
             self._count("send_error")
-        if self.attack is not None and self.attack.name == "replay":
-            self._sent_log = [*self._sent_log[-63:], (addr, datagram)]
 
     # ------------------------------------------------------------------ training
     async def _train(self, round_: int) -> None:
@@ -365,23 +373,15 @@ class NodeRunner:
 
     # ------------------------------------------------------------------ attacks
     async def _network_attack_loop(self) -> None:
-        assert self.attack is not None
-        rng = np.random.default_rng()
-        rate = self.attack.params.get("rate", 0.0 if self.attack.name == "flood" else 20.0)
+        """Carry out the node's network attack (``attacks/network.py``) on the real socket."""
+        attacker = self.net_attacker
+        assert attacker is not None
         while True:
+            await asyncio.sleep(attacker.next_delay())
             targets = [a for p in self.core.view.peers() if (a := self.core.address_of(p))]
-            if not targets:
-                await asyncio.sleep(0.5)
-                continue
-            for _ in range(100 if rate <= 0 else 1):
-                addr = targets[int(rng.integers(len(targets)))]
-                if self.attack.name == "replay" and self._sent_log:
-                    old = self._sent_log[int(rng.integers(len(self._sent_log)))]
-                    self._send(old[1], old[0])
-                elif self.attack.name != "replay":
-                    self._send(rng.bytes(int(rng.integers(1, 1200))), addr)
+            for addr, datagram in attacker.fire(targets):
+                self._transmit(datagram, addr)
                 self._count("attack_datagrams")
-            await asyncio.sleep(0 if rate <= 0 else 1.0 / rate)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

@@ -26,6 +26,7 @@ import yaml
 from nacl.signing import SigningKey
 
 from flava_p2p.attacks import parse_attack
+from flava_p2p.attacks.network import NetworkAttacker
 from flava_p2p.config import NetworkConfig, NodeConfig
 from flava_p2p.identity import Identity, make_multiaddr
 from flava_p2p.node.assembly import (
@@ -101,6 +102,8 @@ class Simulation:
             self.net.add(self._build_core(i, first_seq=0))
         self._restore_views()
         self._faults: list[_Fault] = []
+        self._attackers: dict[int, NetworkAttacker] = {}
+        self._attack_sent: Counter[str] = Counter()
         self._forger_key = SigningKey(hashlib.sha256(f"forger/{self.seed}".encode()).digest())
         self._events: Counter[str] = Counter()
         self.period = sc.gossip.period_s
@@ -228,14 +231,31 @@ class Simulation:
             rng = random.Random(f"{self.seed}:fault:{k}")
             self._faults.append(_Fault(("192.0.2.1", 40000 + k), list(f.kinds), f.rate, rng))
         if self.attack is not None and self.attack.kind == "network":
-            kind = {"garbage": "malformed"}.get(self.attack.name, self.attack.name)
-            rate = self.attack.params.get("rate", 20.0)
+            # The same NetworkAttacker a real node runs, on the virtual network's links.
             for i in sorted(self.byzantine):
-                rng = random.Random(f"{self.seed}:netattack:{i}")
-                addr = VirtualNetwork.address(i)
-                self._faults.append(_Fault(addr, [kind], rate, rng))
+                attacker = NetworkAttacker(self.attack, np.random.default_rng([self.seed, i, 0xA7]))
+                self._attackers[i] = attacker
+                self.net.call_at(attacker.next_delay(), partial(self._attack_fire, i))
+            self.net.on_send = self._remember_sent
         for fault in self._faults:
             self.net.call_at(fault.rng.expovariate(fault.rate), partial(self._fire, fault))
+
+    def _remember_sent(self, i: int, addr: tuple[str, int], datagram: bytes) -> None:
+        attacker = self._attackers.get(i)
+        if attacker is not None:
+            attacker.remember(addr, datagram)
+
+    def _attack_fire(self, i: int) -> None:
+        """Byzantine node i's network attack fires: to peers in its view, over its links."""
+        attacker = self._attackers[i]
+        if i not in self.net.down:
+            core = self.net.nodes[i]
+            targets = [a for p in core.view.peers() if (a := core.address_of(p)) is not None]
+            src = VirtualNetwork.address(i)
+            for addr, datagram in attacker.fire(targets):
+                self.net.send_from(i, src, addr, datagram)
+                self._attack_sent[self.attack.name if self.attack else "?"] += 1
+        self.net.call_at(self.net.now + attacker.next_delay(), partial(self._attack_fire, i))
 
     def _fire(self, fault: _Fault) -> None:
         """Send one faulty datagram (or a flood burst) to a random honest node, reschedule."""
@@ -428,6 +448,7 @@ class Simulation:
             "wall_seconds": round(wall, 3),
             "rounds_per_wall_second": round(rounds_done / wall, 4) if wall > 0 else None,
             "faults_sent": dict(sum((f.sent for f in self._faults), Counter())),
+            "attack_datagrams_sent": dict(self._attack_sent),
         }
 
 

@@ -117,23 +117,35 @@ def run_sweep(
     out_dir: str | Path,
     jobs: int | None = None,
     on_done: Callable[[int, int, dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every cell of the sweep, ``jobs`` at a time (default: one per core)."""
+    """Run every cell of the sweep, ``jobs`` at a time (default: one per core). With
+    ``resume``, cells whose run directory already holds a finished run are not run again
+    (an interrupted sweep picks up where it stopped)."""
     _, runs = expand(path)
     out = Path(out_dir)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(runs)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     results: list[dict[str, Any]] = []
+    if resume:
+        for label, _, _ in runs:
+            done = out / label / "summary.json"
+            if done.is_file():
+                summary = json.loads(done.read_text(encoding="utf-8"))
+                results.append({**summary, "run_dir": str(out / label), "label": label})
+        finished = {r["label"] for r in results}
+        runs = [r for r in runs if r[0] not in finished]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = []
         for label, sc, seed in runs:
             learner = sc.learner.model_copy(update={"threads": threads})
             cell = sc.model_copy(update={"learner": learner})
             futures.append(pool.submit(_run_one, label, cell, seed, str(out / label)))
-        for n, fut in enumerate(as_completed(futures), 1):
+        skipped = len(results)
+        for n, fut in enumerate(as_completed(futures), skipped + 1):
             results.append(fut.result())
             if on_done:
-                on_done(n, len(runs), results[-1])
+                on_done(n, skipped + len(runs), results[-1])
     results.sort(key=lambda r: str(r["label"]))
     write_report([Path(r["run_dir"]) for r in results], out)
     return results

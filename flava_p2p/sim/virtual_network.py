@@ -82,6 +82,9 @@ class VirtualNetwork:
     before then is handed to ``batch_learner`` together, so they can run in parallel — their
     inputs were all fixed when they were requested."""
     batch_learner: BatchLearner | None = None
+    on_send: Callable[[int, Addr, bytes], None] | None = None
+    """Sees every datagram a node's core sends (not injected ones): network attackers
+    remember their own traffic for ``replay``."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -217,6 +220,8 @@ class VirtualNetwork:
                 node.local_update(trained, samples, dp, self.now)
         src = self.address(i)
         for send in node.datagrams_to_send():
+            if self.on_send is not None:
+                self.on_send(i, send.addr, send.datagram)
             self.send_from(i, src, send.addr, send.datagram)
         if i not in self.down:
             deadline = node.next_deadline()
