@@ -35,13 +35,13 @@ from flava_p2p.config import (
     TrainingConfig,
     default_features,
 )
-from flava_p2p.learning.audio import fix_length
-from flava_p2p.learning.dataset import FeatureSet
-from flava_p2p.learning.encoder import load_encoder
-from flava_p2p.learning.features import make_frontend
 from flava_p2p.learning.inference import KeywordSpotter
 from flava_p2p.learning.models import count_parameters
 from flava_p2p.learning.trainer import LocalTrainer
+from flava_p2p.speech.audio import fix_length
+from flava_p2p.speech.dataset import FeatureSet
+from flava_p2p.speech.encoder import load_encoder
+from flava_p2p.speech.features import make_frontend
 
 
 def fake_set(n: int, fcfg: FeatureConfig) -> FeatureSet:

@@ -33,10 +33,10 @@ import torch
 
 from flava_p2p.cli.common import quiet_known_warnings
 from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
-from flava_p2p.learning.audio import load_clip
 from flava_p2p.learning.centralized import train_epochs
-from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.trainer import LocalTrainer
+from flava_p2p.speech.audio import load_clip
+from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 
 
 class OpenWakeWordEncoder:
@@ -90,7 +90,7 @@ def openwakeword_features(scan: Any, models: Path) -> tuple[FeatureSet, float]:
 
 def packaged_ms_per_clip(scan: Any) -> float:
     """The packaged encoder alone, one clip per call, one thread (mean ms)."""
-    from flava_p2p.learning.encoder import load_encoder
+    from flava_p2p.speech.encoder import load_encoder
 
     enc = load_encoder("speech_embedding", 1)
     waves = [load_clip(u.path, 16000, 1.5, center=True) for u in scan.utterances[:300]]

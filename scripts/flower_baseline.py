@@ -62,8 +62,8 @@ def _data() -> tuple[Any, Any, list[Any]]:
     if "data" not in _CACHE:
         import torch
 
-        from flava_p2p.learning.dataset import load_features, scan_corpus
         from flava_p2p.sim.learners import _partition
+        from flava_p2p.speech.dataset import load_features, scan_corpus
 
         torch.set_num_threads(1)
         sc = _scenario()

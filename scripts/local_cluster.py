@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from flava_p2p.learning.dataset import scan_corpus
-from flava_p2p.learning.partition import by_speaker
+from flava_p2p.speech.dataset import scan_corpus
+from flava_p2p.speech.partition import by_speaker
 
 NODE = [sys.executable, "-m", "flava_p2p.cli.node"]
 

@@ -34,7 +34,7 @@ EPSILON, LR = 200.0, 0.5  # tests/test_node_integration.py
 def ensure_corpus(corpus: Path) -> None:
     if (corpus / "corpus.json").is_file():
         return
-    from flava_p2p.learning.synth import synthesize_corpus
+    from flava_p2p.speech.synth import synthesize_corpus
 
     synthesize_corpus(
         corpus,

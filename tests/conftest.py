@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real espeak-ng corpus: 6 speakers × 3 words (+unknown, silence) × 2 takes."""
-    from flava_p2p.learning.synth import synthesize_corpus
+    from flava_p2p.speech.synth import synthesize_corpus
 
     out = tmp_path_factory.mktemp("corpus")
     synthesize_corpus(

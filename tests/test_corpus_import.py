@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from flava_p2p.cli.sim import main as sim_main
-from flava_p2p.learning.corpus_import import CorpusImportError, detect_layout, import_corpus
-from flava_p2p.learning.dataset import scan_corpus
+from flava_p2p.speech.corpus_import import CorpusImportError, detect_layout, import_corpus
+from flava_p2p.speech.dataset import scan_corpus
 
 
 def tone(seconds: float, rate: int, channels: int = 1, hz: float = 440.0) -> np.ndarray:

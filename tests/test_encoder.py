@@ -18,10 +18,10 @@ from flava_p2p.config import (
     TrainingConfig,
     validate_config,
 )
-from flava_p2p.learning import encoder as enc
-from flava_p2p.learning.dataset import load_features, scan_corpus
 from flava_p2p.learning.models import build_model, schema_card, schema_hash
 from flava_p2p.learning.trainer import LocalTrainer
+from flava_p2p.speech import encoder as enc
+from flava_p2p.speech.dataset import load_features, scan_corpus
 from flava_p2p.wire.messages import schema_differences
 
 PACKAGED = Path(enc.__file__).resolve().parents[1] / "pretrained" / "speech_embedding.onnx"

@@ -15,11 +15,11 @@ import torch
 from structlog.testing import capture_logs
 
 from flava_p2p.config import FeatureConfig
-from flava_p2p.learning.audio import AudioError, load_clip
-from flava_p2p.learning.dataset import DatasetError, load_features, scan_corpus
-from flava_p2p.learning.features import center_on_energy
-from flava_p2p.learning.partition import PartitionError, by_speaker, dirichlet, iid
-from flava_p2p.learning.synth import synthesize_corpus
+from flava_p2p.speech.audio import AudioError, load_clip
+from flava_p2p.speech.dataset import DatasetError, load_features, scan_corpus
+from flava_p2p.speech.features import center_on_energy
+from flava_p2p.speech.partition import PartitionError, by_speaker, dirichlet, iid
+from flava_p2p.speech.synth import synthesize_corpus
 
 
 def _digest(root: Path) -> str:
@@ -108,7 +108,7 @@ class TestLoader:
         def no_decoding(*args: object, **kwargs: object) -> None:
             raise AssertionError("decoded audio although the cache is valid")
 
-        monkeypatch.setattr("flava_p2p.learning.dataset.load_clip", no_decoding)
+        monkeypatch.setattr("flava_p2p.speech.dataset.load_clip", no_decoding)
         copy = tmp_path / "copy"
         shutil.copytree(messy, copy)  # new paths, new mtimes, same bytes
         second = load_features(scan_corpus(copy), FeatureConfig(), cache_dir=tmp_path / "cache")

@@ -19,14 +19,14 @@ from flava_p2p.cli.node import main as node_main
 from flava_p2p.cli.sim import main as sim_main
 from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
 from flava_p2p.learning.checkpoint import CheckpointError, load_checkpoint
-from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.ledger import LedgerError, PrivacyLedger
 from flava_p2p.learning.trainer import LocalTrainer
+from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 
 CHILD = r"""
 import sys
 from flava_p2p.config import *
-from flava_p2p.learning.dataset import scan_corpus, load_features
+from flava_p2p.speech.dataset import scan_corpus, load_features
 from flava_p2p.learning.trainer import LocalTrainer
 from flava_p2p.runtime.logs import configure_logging
 configure_logging("json", "warning")

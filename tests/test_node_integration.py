@@ -36,7 +36,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, cluster: Any)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from flava_p2p.learning.synth import synthesize_corpus
+    from flava_p2p.speech.synth import synthesize_corpus
 
     lc = load_script("local_cluster")
     root = tmp_path_factory.mktemp("cluster")

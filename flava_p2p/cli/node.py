@@ -337,8 +337,8 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from flava_p2p.learning.audio import AudioError
     from flava_p2p.learning.inference import KeywordSpotter
+    from flava_p2p.speech.audio import AudioError
 
     torch.set_num_threads(1)  # one clip at a time: a single thread has the lowest latency
     spotter = KeywordSpotter(args.model)

@@ -125,7 +125,7 @@ def _register_import(dsub: Any) -> None:
 def _cmd_import(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from flava_p2p.learning.corpus_import import import_corpus
+    from flava_p2p.speech.corpus_import import import_corpus
 
     with progress_bar() as bar:
         task = bar.add_task("importing clips", total=None, info="")
@@ -164,7 +164,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from flava_p2p.learning.synth import KEYWORDS, synthesize_corpus
+    from flava_p2p.speech.synth import KEYWORDS, synthesize_corpus
 
     with progress_bar() as bar:
         task = bar.add_task("voicing clips", total=None, info="")
@@ -361,7 +361,7 @@ def _centralized_loso(
     import statistics
 
     from flava_p2p.learning.centralized import run_centralized
-    from flava_p2p.learning.dataset import scan_corpus
+    from flava_p2p.speech.dataset import scan_corpus
 
     speakers = sorted({u.speaker for u in scan_corpus(args.data).utterances})
     folds: dict[str, dict[str, Any]] = {}

@@ -19,9 +19,9 @@ from flava_p2p.config import (
     default_features,
 )
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.dataset import load_features, scan_corpus
 from flava_p2p.learning.models import count_parameters
 from flava_p2p.learning.trainer import LocalTrainer
+from flava_p2p.speech.dataset import load_features, scan_corpus
 
 log = structlog.get_logger(__name__)
 

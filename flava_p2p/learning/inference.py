@@ -11,10 +11,10 @@ from torch import nn
 
 from flava_p2p.config import FeatureConfig, ModelConfig
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.audio import load_clip
 from flava_p2p.learning.checkpoint import load_checkpoint
-from flava_p2p.learning.features import make_frontend
 from flava_p2p.learning.models import build_model
+from flava_p2p.speech.audio import load_clip
+from flava_p2p.speech.features import make_frontend
 
 
 @dataclass(frozen=True)

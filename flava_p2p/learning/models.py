@@ -17,8 +17,8 @@ from torch import nn
 
 from flava_p2p.config import FeatureConfig, ModelConfig
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.features import center_on_energy
 from flava_p2p.learning.grad_samplers import DepthwiseConv2d, PointwiseConv2d
+from flava_p2p.speech.features import center_on_energy
 
 ModelFactory = Callable[[ModelConfig, int, int, int], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -224,7 +224,7 @@ def schema_card(
     """
     fc = feature_cfg
     if fc.kind == "speech_embedding":
-        from flava_p2p.learning.encoder import encoder_spec
+        from flava_p2p.speech.encoder import encoder_spec
 
         encoder = encoder_spec(fc.kind).identity
         front = f"{fc.sample_rate} Hz, {fc.clip_seconds:g} s"

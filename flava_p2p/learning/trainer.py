@@ -26,8 +26,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from flava_p2p.learning.dataset import FeatureSet
-from flava_p2p.learning.features import spec_augment, time_shift
 from flava_p2p.learning.ledger import BudgetState, PrivacyLedger
 from flava_p2p.learning.linear_dp import clipped_noised_grads
 from flava_p2p.learning.metrics import classification_report
@@ -38,6 +36,8 @@ from flava_p2p.learning.models import (
     schema_card,
     schema_hash,
 )
+from flava_p2p.speech.dataset import FeatureSet
+from flava_p2p.speech.features import spec_augment, time_shift
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,6 @@ from flava_p2p.attacks.network import NetworkAttacker
 from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
-from flava_p2p.learning.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.node.assembly import (
     ModelIdentity,
@@ -54,6 +53,7 @@ from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
+from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.wire.messages import DpInfo
 
 log = structlog.get_logger("flava.node")

@@ -93,14 +93,14 @@ def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 
     """The corpus at ``root``; voiced with espeak-ng on first use. An existing corpus (imported
     real speech, or a finished synthetic one) is used as it is; only a missing or empty folder,
     or a synthesis that was interrupted (its marker file is still there), is (re)generated."""
-    from flava_p2p.learning.synth import INCOMPLETE_MARKER
+    from flava_p2p.speech.synth import INCOMPLETE_MARKER
 
     path = Path(root)
     if (path / "corpus.json").is_file():
         return path
     if path.is_dir() and any(path.iterdir()) and not (path / INCOMPLETE_MARKER).exists():
         return path
-    from flava_p2p.learning.synth import synthesize_corpus
+    from flava_p2p.speech.synth import synthesize_corpus
 
     log.info("generating the synthetic corpus (first use)", out=str(path), takes=takes)
     synthesize_corpus(path, n_speakers=speakers, takes=takes, seed=seed)
@@ -130,8 +130,8 @@ class RealLearners:
     def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
         import torch
 
-        from flava_p2p.learning.dataset import load_features, scan_corpus
         from flava_p2p.learning.trainer import LocalTrainer
+        from flava_p2p.speech.dataset import load_features, scan_corpus
 
         torch.set_num_threads(sc.learner.threads)
         _quiet_known_warnings()
@@ -370,7 +370,7 @@ class _Evaluator:
 def _partition(
     sc: Scenario, speakers: list[str], labels: npt.NDArray[np.int64], seed: int
 ) -> list[npt.NDArray[np.int64]]:
-    from flava_p2p.learning import partition
+    from flava_p2p.speech import partition
 
     n = sc.nodes
     if sc.data.partition == "speaker":

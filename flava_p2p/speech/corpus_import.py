@@ -28,8 +28,8 @@ from typing import Literal
 import soundfile as sf
 
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.audio import AUDIO_EXTENSIONS, AudioError, read_audio, resample
-from flava_p2p.learning.dataset import BACKGROUND_DIR
+from flava_p2p.speech.audio import AUDIO_EXTENSIONS, AudioError, read_audio, resample
+from flava_p2p.speech.dataset import BACKGROUND_DIR
 
 Layout = Literal["auto", "speech_commands", "fsdd", "manifest"]
 TARGET_RATE = 16000

@@ -17,7 +17,7 @@ import torchaudio.transforms as tat
 from torch import nn
 
 from flava_p2p.config import FeatureConfig
-from flava_p2p.learning.encoder import load_encoder
+from flava_p2p.speech.encoder import load_encoder
 
 #: Bump when the computation behind a front end changes, so cached features are not reused.
 FRONTEND_VERSION = 2
@@ -54,7 +54,7 @@ def frontend_identity(cfg: FeatureConfig) -> str:
     give the same features for the same audio."""
     desc = {"v": FRONTEND_VERSION, "features": cfg.model_dump(mode="json")}
     if cfg.kind == "speech_embedding":
-        from flava_p2p.learning.encoder import encoder_spec
+        from flava_p2p.speech.encoder import encoder_spec
 
         desc["encoder"] = encoder_spec(cfg.kind).identity
     blob = json.dumps(desc, sort_keys=True, separators=(",", ":")).encode()

@@ -121,7 +121,7 @@ def read_verified(spec: EncoderSpec, path: str | Path | None = None) -> bytes:
             f"{source}: the {spec.name} encoder file does not match the pinned SHA-256 "
             f"(expected {spec.sha256}, got {digest}, {len(blob):,} bytes instead of "
             f"{spec.size:,}). The file was changed or truncated; reinstall flava-p2p to restore "
-            f"it. A different encoder needs its own entry in flava_p2p/learning/encoder.py."
+            f"it. A different encoder needs its own entry in flava_p2p/speech/encoder.py."
         )
     return blob
 

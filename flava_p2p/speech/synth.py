@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.audio import Waveform, fix_length
+from flava_p2p.speech.audio import Waveform, fix_length
 
 SAMPLE_RATE = 16000
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")

@@ -22,9 +22,9 @@ import torch
 
 from flava_p2p.config import FeatureConfig
 from flava_p2p.errors import FlavaError
-from flava_p2p.learning.audio import AUDIO_EXTENSIONS, AudioError, load_clip
-from flava_p2p.learning.feature_store import default_cache_dir, open_store
-from flava_p2p.learning.features import Frontend, frontend_identity, make_frontend
+from flava_p2p.speech.audio import AUDIO_EXTENSIONS, AudioError, load_clip
+from flava_p2p.speech.feature_store import default_cache_dir, open_store
+from flava_p2p.speech.features import Frontend, frontend_identity, make_frontend
 
 log = structlog.get_logger(__name__)
 
