@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_cluster import Cluster, parse_sets, prepare
-
 from flava_p2p.config import SCREENS_OFF
+from flava_p2p.testing.cluster import Cluster, parse_sets, prepare
 
 
 def run_cell(

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from flava_p2p.learning.checkpoint import load_checkpoint
 from flava_p2p.runtime.state import STATE_FILE, NodeState
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_cluster import Cluster, prepare
+from flava_p2p.testing.cluster import Cluster, prepare
 
 
 def main() -> int:

@@ -23,8 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_cluster import Cluster, prepare
+from flava_p2p.testing.cluster import Cluster, prepare
 
 
 def flood(port: int, seconds: float, result: mp.Queue) -> None:  # type: ignore[type-arg]

@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import local_cluster
+from flava_p2p.testing import cluster as local_cluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import local_cluster
-
 from flava_p2p.sim.runner import run_scenario
 from flava_p2p.sim.scenario import Scenario
+from flava_p2p.testing import cluster as local_cluster
 
 EPSILON, LR = 200.0, 0.5  # tests/test_node_integration.py
 

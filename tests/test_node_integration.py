@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import load_script
 
 from flava_p2p.cli.node import main as node_main
 
@@ -37,8 +36,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, cluster: Any)
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from flava_p2p.speech.synth import synthesize_corpus
-
-    lc = load_script("local_cluster")
+    from flava_p2p.testing import cluster as lc
     root = tmp_path_factory.mktemp("cluster")
     synthesize_corpus(
         root / "corpus",
