@@ -309,3 +309,21 @@ class TestScenarioFiles:
         names = {Path(p).name for p in report["plots"]}
         assert {"accuracy.png", "privacy.png", "heatmap.png"} <= names
         assert "sign_flip|mean" in report["matrix"]["damage_vs_no_attack"]
+
+    def test_sweep_resume_runs_only_unfinished_cells(self, tmp_path: Path) -> None:
+        """An interrupted sweep resumed: finished cells are kept as they are, the rest run."""
+        from flava_p2p.sim.sweep import run_sweep
+
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text(
+            "name: r\nscenario: {nodes: 4, rounds: 2, learner.kind: none, metrics.plots: false}\n"
+            "grid:\n  gossip.fanout: [1, 2, 3]\n"
+        )
+        first = run_sweep(sweep, tmp_path / "out", jobs=1)
+        assert len(first) == 3
+        dirs = sorted(Path(r["run_dir"]) for r in first)
+        kept = {d: (d / "summary.json").stat().st_mtime_ns for d in dirs[:2]}
+        (dirs[2] / "summary.json").unlink()  # as if the sweep had stopped during this cell
+        again = run_sweep(sweep, tmp_path / "out", jobs=1, resume=True)
+        assert len(again) == 3 and (dirs[2] / "summary.json").is_file()
+        assert {d: (d / "summary.json").stat().st_mtime_ns for d in dirs[:2]} == kept
