@@ -166,6 +166,13 @@ class GossipConfig(_Strict):
     models of the same task point the same way (random directions in thousands of dimensions
     have |cosine| ≈ 0). If our own model points against the sum of our own training updates
     (attackers dragged it), that sum is the reference. null: off (plain baselines)."""
+    min_alignment: float | None = Field(default=0.1, gt=-1, lt=1)
+    """Once honest models visibly agree (the median cosine of recently received models with
+    ours is at least twice this), received models whose change since genesis has a cosine
+    below this with ours are not merged and count against their sender. Noise (a Gaussian
+    model) has cosine ≈ 0 with everything; honest models of one task point the same way.
+    Before agreement (the first rounds, when every model is mostly DP noise) it waits.
+    null: off."""
     max_one_sided: float | None = Field(default=0.65, gt=0.5, le=1)
     """Received models that lie on the same side of ours in more than this fraction of the
     coordinates that differ are not merged and count against their sender. An honest model
@@ -180,6 +187,7 @@ SCREENS_OFF: dict[str, None] = {
     "opposed_cosine": None,
     "max_norm_ratio": None,
     "max_one_sided": None,
+    "min_alignment": None,
 }
 
 

@@ -553,3 +553,30 @@ class TestLayering:
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout.strip()
         assert out == ""
+
+
+class TestScreens:
+    def test_alignment_screen_waits_for_agreement_then_refuses_noise(self) -> None:
+        """A noise model (cosine ≈ 0 with ours) is refused as misaligned once the recent
+        median cosine shows honest models agree, and let through before (when every model is
+        mostly DP noise); an aligned honest model is always kept."""
+        from flava_p2p.protocol.screens import ModelScreens
+
+        rng = np.random.default_rng(3)
+        genesis = np.zeros(2000, np.float32)
+        direction = rng.normal(size=2000).astype(np.float32)
+        own = genesis + direction
+        honest = genesis + direction + 0.5 * rng.normal(size=2000).astype(np.float32)
+        noise = genesis + np.float32(np.linalg.norm(direction) / np.sqrt(2000)) * rng.normal(
+            size=2000
+        ).astype(np.float32)
+        received = {b"h": honest, b"n": noise}
+        screens = ModelScreens(max_norm_ratio=None, opposed_cosine=None, max_one_sided=None)
+        progress = direction.astype(np.float64)
+        agreed = screens.judge(own, genesis, progress, received, typical_cosine=0.6)
+        assert agreed.kept == [b"h"] and agreed.refused == [(b"n", "misaligned")]
+        assert abs(agreed.cosines[b"n"]) < 0.1 < agreed.cosines[b"h"]
+        early = screens.judge(own, genesis, progress, received, typical_cosine=0.05)
+        assert early.kept == [b"h", b"n"] and not early.refused
+        off = ModelScreens(None, None, None, None).judge(own, genesis, progress, received, 0.9)
+        assert off.kept == [b"h", b"n"]

@@ -282,7 +282,8 @@ class TestScenarioFiles:
             "scenario: {nodes: 4, learner.kind: synthetic}\n"
             "grid:\n  defence:\n    - {gossip.aggregation: krum}\n"
             "    - {label: plain, gossip.aggregation: mean, gossip.opposed_cosine: null,"
-            " gossip.max_norm_ratio: null, gossip.max_one_sided: null}\n"
+            " gossip.max_norm_ratio: null, gossip.max_one_sided: null,"
+            " gossip.min_alignment: null}\n"
         )
         _, runs = expand(sweep)
         labels = [label for label, _, _ in runs]

@@ -230,6 +230,9 @@ class NodeCore:
         # Recent neighbour distances: the clipping radius must come from many rounds, since one
         # round has only ~fanout inputs and a single attacker would dominate their median.
         self._distances: deque[float] = deque(maxlen=32)
+        # Recent received models' cosines with ours: their median tells the alignment screen
+        # whether honest models agree yet (a window, so a minority of attackers cannot move it).
+        self._cosines: deque[float] = deque(maxlen=64)
         self._sends: list[Send] = []
         self._rx_addr: Addr | None = None
         self._introduced: dict[bytes, float] = {}
@@ -540,9 +543,15 @@ class NodeCore:
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
         """Drop received models no honest peer of this task would send (``screens.py``),
         charging each refused sender."""
+        typical = float(np.median(self._cosines)) if len(self._cosines) >= 8 else None
         result = self.screens.judge(
-            self.model, self.genesis, self._own_progress, {p: r.model for p, r in fresh.items()}
+            self.model,
+            self.genesis,
+            self._own_progress,
+            {p: r.model for p, r in fresh.items()},
+            typical_cosine=typical,
         )
+        self._cosines.extend(result.cosines[p] for p in sorted(result.cosines))
         if result.direction_from_own_training:
             self._count("direction_from_own_training")
         for peer, reason in result.refused:

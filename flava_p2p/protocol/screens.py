@@ -6,10 +6,12 @@ node core passes its own model, the shared genesis and the sum of its own traini
 gets back the models kept and a reason for each one refused (which the core charges to the
 sender's score).
 
-Two screens look at changes since the shared genesis, which is what training moves: a change
-far larger than the median one (scaling, model replacement) or pointing against ours (sign-flip,
-inner-product manipulation). The third looks at a model's difference from ours: shifted the same
-way in nearly every coordinate ("a little is enough", ALIE). Clipping bounds each survivor.
+Three screens look at changes since the shared genesis, which is what training moves: a change
+far larger than the median one (scaling, model replacement), pointing against ours (sign-flip,
+inner-product manipulation), or — once honest models visibly agree — not pointing our way at all
+(noise: Gaussian models, random directions have cosine ≈ 0). The fourth looks at a model's
+difference from ours: shifted the same way in nearly every coordinate ("a little is enough",
+ALIE). Clipping bounds each survivor.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ class ScreenResult:
 
     kept: list[bytes]
     refused: list[tuple[bytes, str]]
-    """(peer, reason): ``norm_bound``, ``opposed`` or ``one_sided``."""
+    """(peer, reason): ``norm_bound``, ``opposed``, ``misaligned`` or ``one_sided``."""
     direction_from_own_training: bool
     """The opposed-direction test used our own training's sum as "forward" (see
     :func:`direction_reference`)."""
+    cosines: dict[bytes, float]
+    """Cosine of each received model's change since genesis with our reference direction
+    (the node keeps a window of them: their median says whether honest models agree yet)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,12 @@ class ModelScreens:
     max_norm_ratio: float | None = 3.0
     opposed_cosine: float | None = -0.2
     max_one_sided: float | None = 0.65
+    min_alignment: float | None = 0.1
 
     @classmethod
     def from_config(cls, cfg: GossipConfig) -> ModelScreens:
         """The node's configured screens."""
-        return cls(cfg.max_norm_ratio, cfg.opposed_cosine, cfg.max_one_sided)
+        return cls(cfg.max_norm_ratio, cfg.opposed_cosine, cfg.max_one_sided, cfg.min_alignment)
 
     @property
     def active(self) -> bool:
@@ -60,14 +66,25 @@ class ModelScreens:
             self.max_norm_ratio is not None
             or self.opposed_cosine is not None
             or self.max_one_sided is not None
+            or self.min_alignment is not None
         )
 
     def judge(
-        self, own: Vec, genesis: Vec, own_progress: F64, received: dict[bytes, Vec]
+        self,
+        own: Vec,
+        genesis: Vec,
+        own_progress: F64,
+        received: dict[bytes, Vec],
+        typical_cosine: float | None = None,
     ) -> ScreenResult:
-        """Screen ``received`` models (by sender) against our model ``own``."""
+        """Screen ``received`` models (by sender) against our model ``own``.
+
+        ``typical_cosine`` is the median cosine of recently received models with ours: the
+        alignment screen only judges once honest models visibly agree (it is at least twice
+        ``min_alignment``); before that every model, honest or not, is mostly noise.
+        """
         if not self.active:
-            return ScreenResult(list(received), [], False)
+            return ScreenResult(list(received), [], False, {})
         model_delta = (own - genesis).astype(np.float64)
         reference, from_training = direction_reference(model_delta, own_progress)
         ref_norm = float(np.linalg.norm(reference))
@@ -78,22 +95,28 @@ class ModelScreens:
         kept: list[bytes] = []
         refused: list[tuple[bytes, str]] = []
         ratio, cosine, sided = self.max_norm_ratio, self.opposed_cosine, self.max_one_sided
+        aligned = self.min_alignment
+        judging = (
+            aligned is not None and typical_cosine is not None and typical_cosine >= 2 * aligned
+        )
+        cosines: dict[bytes, float] = {}
         for peer, model in received.items():
             norm = norms[peer]
+            cos: float | None = None
+            if ref_norm > 0 and norm > 0:  # not trained yet: no direction to compare with
+                cos = float(deltas[peer] @ reference) / (norm * ref_norm)
+                cosines[peer] = cos
             if ratio is not None and typical > 0 and norm > ratio * typical:
                 refused.append((peer, "norm_bound"))
-            elif (
-                cosine is not None
-                and ref_norm > 0  # not trained yet: no direction to compare with
-                and norm > 0
-                and float(deltas[peer] @ reference) / (norm * ref_norm) < cosine
-            ):
+            elif cosine is not None and cos is not None and cos < cosine:
                 refused.append((peer, "opposed"))
+            elif judging and cos is not None and aligned is not None and cos < aligned:
+                refused.append((peer, "misaligned"))
             elif sided is not None and one_sidedness(model, own) > sided:
                 refused.append((peer, "one_sided"))
             else:
                 kept.append(peer)
-        return ScreenResult(kept, refused, from_training)
+        return ScreenResult(kept, refused, from_training, cosines)
 
 
 def one_sidedness(model: Vec, own: Vec) -> float:

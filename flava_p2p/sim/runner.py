@@ -466,7 +466,7 @@ def defence_label(sc: Scenario) -> str:
     """The merging rule, marked when the pre-merge screens are not all at work:
     ``clipped``, ``mean (unscreened)``, ``mean (norm bound only)``."""
     names = {"opposed_cosine": "opposed check", "max_norm_ratio": "norm bound",
-             "max_one_sided": "one-sided check"}  # fmt: skip
+             "max_one_sided": "one-sided check", "min_alignment": "alignment check"}  # fmt: skip
     on = [label for key, label in names.items() if getattr(sc.gossip, key) is not None]
     if len(on) == len(names):
         return sc.gossip.aggregation
