@@ -62,7 +62,7 @@ def _data() -> tuple[Any, Any, list[Any]]:
     if "data" not in _CACHE:
         import torch
 
-        from flava_p2p.sim.learners import _partition
+        from flava_p2p.sim.real_learners import _partition
         from flava_p2p.speech.dataset import load_features, scan_corpus
 
         torch.set_num_threads(1)

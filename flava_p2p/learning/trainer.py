@@ -55,6 +55,16 @@ class TrainReport:
     seconds: float
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What :meth:`LocalTrainer.fit` returns: the trained weights and what it cost."""
+
+    weights: npt.NDArray[np.float32]
+    samples: int
+    """Examples this learner holds (the weight its model gets in peers' merges)."""
+    report: TrainReport
+
+
 def genesis_model(
     model_cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int, seed: int
 ) -> nn.Module:
@@ -103,6 +113,7 @@ class LocalTrainer:
         self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model)
         self.schema_card = schema_card(model_cfg, feature_cfg, self.label_names, self.model)
         self._manual_lr = False
+        self._spare: nn.Module | None = None
         self._aug_gen = torch.Generator().manual_seed(seed + 1)
         self._data_gen = torch.Generator().manual_seed(seed + 2)
         self._prepare_inputs(train_set, closed_form_dp and privacy.enabled)
@@ -350,6 +361,36 @@ class LocalTrainer:
     def budget_state(self) -> BudgetState:
         """``disabled`` without DP; ``budget_exhausted`` once no further step fits."""
         return self.ledger.state if self.ledger else "disabled"
+
+    # ------------------------------------------------- the learner interface
+    def fit(self, weights: npt.NDArray[np.float32], steps: int) -> FitResult:
+        """Train up to ``steps`` steps starting from ``weights`` (the merged model).
+
+        The one learner interface the real node and the simulator share: load weights, fit,
+        read weights back (``evaluate_weights`` scores any weights without touching ours).
+        """
+        self.set_flat(weights)
+        report = self.train(steps)
+        return FitResult(self.get_flat(), self.n_train, report)
+
+    def evaluate_weights(
+        self, weights: npt.NDArray[np.float32], fs: FeatureSet
+    ) -> dict[str, float]:
+        """Accuracy and macro-F1 on ``fs`` of other weights (e.g. a peer's model), computed on
+        a spare copy of the model so this trainer's own weights and optimizer stay as they are."""
+        if self._spare is None:
+            import copy
+
+            self._spare = copy.deepcopy(self.model)
+            self._spare.train(False)
+        flat = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        with torch.no_grad():
+            offset = 0
+            for p in self._spare.parameters():
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        pred = predict_classes(self._spare, fs.features).numpy()
+        return classification_report(fs.labels.numpy(), pred, len(self.label_names))
 
     # ----------------------------------------------------------------- weights
     def get_flat(self) -> npt.NDArray[np.float32]:

@@ -332,10 +332,10 @@ class NodeRunner:
         loop = asyncio.get_running_loop()
         try:
             base = self.core.model.copy()
-            self.trainer.set_flat(base)
-            report = await loop.run_in_executor(
-                self._executor, self.trainer.train, self.cfg.training.local_steps
+            fit = await loop.run_in_executor(
+                self._executor, self.trainer.fit, base, self.cfg.training.local_steps
             )
+            report = fit.report
             self.last_train = {
                 "round": round_,
                 "steps": report.steps,
@@ -345,9 +345,7 @@ class NodeRunner:
             }
             led = self.trainer.ledger
             dp = DpInfo(led.epsilon, led.delta) if led else DpInfo(None, None)
-            self.core_loop.local_update(
-                self.trainer.get_flat(), self.trainer.n_train, dp, base=base
-            )
+            self.core_loop.local_update(fit.weights, fit.samples, dp, base=base)
             if self.eval_set is not None and round_ % EVAL_EVERY_ROUNDS == 0:
                 metrics = await loop.run_in_executor(
                     self._executor, self.trainer.evaluate, self.eval_set

@@ -14,7 +14,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,30 +38,18 @@ from flava_p2p.node.assembly import (
     snapshot,
 )
 from flava_p2p.protocol.node import Event, NodeCore
+from flava_p2p.sim.faults import FLOOD_BURST, RogueHost, forged_ping, garbage
 from flava_p2p.sim.learners import Learners, make_learners
 from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.sim.topology import STATIC, build_graph, neighbours
 from flava_p2p.sim.virtual_network import VirtualNetwork
-from flava_p2p.wire.endpoint import KIND_ENVELOPE
-from flava_p2p.wire.envelope import VERSION, seal
-from flava_p2p.wire.messages import DpInfo, MsgType, PeerDescriptor
+from flava_p2p.wire.messages import DpInfo, PeerDescriptor
 
 log = structlog.get_logger(__name__)
 Vec = npt.NDArray[np.float32]
 NETWORK_ID = "flava-sim"
 Progress = Callable[[float, float, dict[str, Any]], None]
-
-
-@dataclass
-class _Fault:
-    """A rogue source of datagrams (a protocol-fault host or a network-attacking node)."""
-
-    addr: tuple[str, int]
-    kinds: list[str]
-    rate: float
-    rng: random.Random
-    sent: Counter[str] = field(default_factory=Counter)
 
 
 class Simulation:
@@ -101,7 +88,7 @@ class Simulation:
         for i in range(n):
             self.net.add(self._build_core(i, first_seq=0))
         self._restore_views()
-        self._faults: list[_Fault] = []
+        self._faults: list[RogueHost] = []
         self._attackers: dict[int, NetworkAttacker] = {}
         self._attack_sent: Counter[str] = Counter()
         self._forger_key = SigningKey(hashlib.sha256(f"forger/{self.seed}".encode()).digest())
@@ -229,7 +216,7 @@ class Simulation:
         f = self.sc.faults
         for k in range(f.count):
             rng = random.Random(f"{self.seed}:fault:{k}")
-            self._faults.append(_Fault(("192.0.2.1", 40000 + k), list(f.kinds), f.rate, rng))
+            self._faults.append(RogueHost(("192.0.2.1", 40000 + k), list(f.kinds), f.rate, rng))
         if self.attack is not None and self.attack.kind == "network":
             # The same NetworkAttacker a real node runs, on the virtual network's links.
             for i in sorted(self.byzantine):
@@ -257,18 +244,18 @@ class Simulation:
                 self._attack_sent[self.attack.name if self.attack else "?"] += 1
         self.net.call_at(self.net.now + attacker.next_delay(), partial(self._attack_fire, i))
 
-    def _fire(self, fault: _Fault) -> None:
+    def _fire(self, fault: RogueHost) -> None:
         """Send one faulty datagram (or a flood burst) to a random honest node, reschedule."""
         kind = fault.rng.choice(fault.kinds)
         targets = [i for i in self.honest if i not in self.net.down]
         if targets:
-            for _ in range(50 if kind == "flood" else 1):
+            for _ in range(FLOOD_BURST if kind == "flood" else 1):
                 self._inject(fault, kind, fault.rng.choice(targets))
         self.net.call_at(
             self.net.now + fault.rng.expovariate(fault.rate), partial(self._fire, fault)
         )
 
-    def _inject(self, fault: _Fault, kind: str, target: int) -> None:
+    def _inject(self, fault: RogueHost, kind: str, target: int) -> None:
         rng = fault.rng
         if kind == "replay":
             # A real datagram some honest node sent, verbatim, to its original recipient.
@@ -277,28 +264,19 @@ class Simulation:
                 return
             target, datagram = last
         elif kind == "forged":
-            datagram = self._forgery(target, rng)
+            victim = rng.choice([i for i in self.honest if i != target] or self.honest)
+            datagram = forged_ping(
+                self._forger_key,
+                network_id=NETWORK_ID,
+                claimed_sender=self.identities[victim].peer_id,
+                recipient=self.identities[target].peer_id,
+                now=self.net.now,
+                rng=rng,
+            )
         else:
-            datagram = rng.randbytes(rng.randint(1, 1200))
+            datagram = garbage(rng)
         fault.sent[kind] += 1
         self.net.inject(fault.addr, target, datagram, delay=rng.uniform(0.001, 0.02))
-
-    def _forgery(self, target: int, rng: random.Random) -> bytes:
-        """A well-formed PING envelope claiming to come from an honest node, with a fresh
-        seqno (so it passes the replay guard) but signed by the forger's own key."""
-        victim = rng.choice([i for i in self.honest if i != target] or self.honest)
-        fields: dict[str, object] = {
-            "version": VERSION,
-            "type": int(MsgType.PING),
-            "network": NETWORK_ID,
-            "sender": self.identities[victim].peer_id,
-            "recipient": self.identities[target].peer_id,
-            "seq": (1 << 40) + rng.getrandbits(32),
-            "timestamp_ms": int(self.net.now * 1000),
-            "round": 0,
-            "schema": b"",
-        }
-        return KIND_ENVELOPE + seal(self._forger_key, fields, rng.randbytes(48), None)
 
     # ------------------------------------------------------------------ callbacks
     def _train(self, i: int, model: Vec) -> tuple[Vec, int, DpInfo]:

@@ -1,0 +1,63 @@
+"""Protocol faults for simulations: rogue hosts outside the network that send forged,
+replayed, malformed or flooding datagrams (``faults:`` in a scenario).
+
+Byzantine *nodes* run their network attacks through ``attacks/network.py``, as real nodes do;
+these hosts are different: they hold no identity in the network (a forger signs with its own
+key while claiming an honest node's PeerID) and sniff honest traffic to replay it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nacl.signing import SigningKey
+
+from flava_p2p.wire.endpoint import KIND_ENVELOPE
+from flava_p2p.wire.envelope import VERSION, seal
+from flava_p2p.wire.messages import MsgType
+
+#: Datagrams in one flood firing of a rogue host.
+FLOOD_BURST = 50
+
+
+@dataclass
+class RogueHost:
+    """A source of faulty datagrams: where it sends from, what kinds, how often."""
+
+    addr: tuple[str, int]
+    kinds: list[str]
+    rate: float
+    rng: random.Random
+    sent: Counter[str] = field(default_factory=Counter)
+
+
+def forged_ping(
+    key: SigningKey,
+    *,
+    network_id: str,
+    claimed_sender: bytes,
+    recipient: bytes,
+    now: float,
+    rng: random.Random,
+) -> bytes:
+    """A well-formed PING envelope claiming to come from ``claimed_sender``, with a fresh seqno
+    (so it passes the replay guard) but signed by ``key``: only the signature check stops it."""
+    fields: dict[str, object] = {
+        "version": VERSION,
+        "type": int(MsgType.PING),
+        "network": network_id,
+        "sender": claimed_sender,
+        "recipient": recipient,
+        "seq": (1 << 40) + rng.getrandbits(32),
+        "timestamp_ms": int(now * 1000),
+        "round": 0,
+        "schema": b"",
+    }
+    return KIND_ENVELOPE + seal(key, fields, rng.randbytes(48), None)
+
+
+def garbage(rng: random.Random) -> bytes:
+    """Random bytes of a random datagram size."""
+    return rng.randbytes(rng.randint(1, 1200))

@@ -1,0 +1,200 @@
+"""The ``real`` learner family: every simulated node trains with its own :class:`LocalTrainer`.
+
+The trainer is exactly the object a real node uses (same ``fit`` / ``evaluate_weights``
+interface, DP-SGD, ledger); features are encoded once (content-keyed cache) and sliced per
+node. With ``learner.workers > 1`` the trainers live in worker processes
+(``sim/worker_pool.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from flava_p2p.attacks import flip_labels
+from flava_p2p.config import ModelConfig
+from flava_p2p.errors import FlavaError
+from flava_p2p.sim.learners import label_flippers, node_privacy
+from flava_p2p.sim.scenario import Scenario
+from flava_p2p.sim.worker_pool import WorkerPool
+from flava_p2p.wire.messages import DpInfo
+
+log = structlog.get_logger(__name__)
+Vec = npt.NDArray[np.float32]
+
+
+def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 5) -> Path:
+    """The corpus at ``root``; voiced with espeak-ng on first use. An existing corpus (imported
+    real speech, or a finished synthetic one) is used as it is; only a missing or empty folder,
+    or a synthesis that was interrupted (its marker file is still there), is (re)generated."""
+    from flava_p2p.speech.synth import INCOMPLETE_MARKER
+
+    path = Path(root)
+    if (path / "corpus.json").is_file():
+        return path
+    if path.is_dir() and any(path.iterdir()) and not (path / INCOMPLETE_MARKER).exists():
+        return path
+    from flava_p2p.speech.synth import synthesize_corpus
+
+    log.info("generating the synthetic corpus (first use)", out=str(path), takes=takes)
+    synthesize_corpus(path, n_speakers=speakers, takes=takes, seed=seed)
+    return path
+
+
+def _quiet_known_warnings() -> None:
+    """Silence two warnings that are expected here and would bury the progress output:
+    Opacus' "secure RNG off" (simulations seed DP noise on purpose, for reproducibility; real
+    nodes draw it from OS entropy) and torch's note that the first layer's input needs no
+    gradient (it is audio features, never a parameter)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+
+class RealLearners:
+    """Every node trains the keyword model on its own speakers with its own trainer.
+
+    With ``learner.workers > 1`` the trainers live in that many worker processes (node i in
+    worker i mod W, for its whole life: ledger, optimiser state and noise RNG stay put), and
+    :meth:`train_many` runs a batch of bursts on all of them at once. Results do not depend on
+    the number of workers: each trainer only ever sees its own inputs.
+    """
+
+    def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
+        import torch
+
+        from flava_p2p.learning.trainer import LocalTrainer
+        from flava_p2p.speech.dataset import load_features, scan_corpus
+
+        torch.set_num_threads(sc.learner.threads)
+        _quiet_known_warnings()
+        root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
+        # Clips are encoded once, here, before any worker starts (workers hit the cache): use
+        # every core for it.
+        enc_threads = (os.cpu_count() or 1) if own is None else 1
+        fs = load_features(
+            scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir, threads=enc_threads
+        )
+        train = fs.split("train")
+        if sc.data.eval_corpus is not None:
+            test = load_features(
+                scan_corpus(sc.data.eval_corpus),
+                sc.data.features,
+                cache_dir=sc.data.cache_dir,
+                threads=enc_threads,
+            )
+            if test.label_names != fs.label_names:
+                raise FlavaError(
+                    f"data.eval_corpus {sc.data.eval_corpus}: labels {test.label_names} differ "
+                    f"from the training corpus' {fs.label_names}; both need the same label "
+                    f"folders."
+                )
+        elif sc.data.eval_split == "heldout":
+            test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
+        else:
+            test = fs.split("test")
+            if len(test) == 0:
+                test = fs.split("validation")
+        if len(test) == 0:
+            raise FlavaError(
+                f"{root}: no held-out speakers (testing_list.txt/validation_list.txt); the "
+                f"simulator measures accuracy on them. Regenerate with `flava-sim dataset synth`."
+            )
+        if sc.metrics.eval_examples is not None and len(test) > sc.metrics.eval_examples:
+            pick = np.random.default_rng(seed).permutation(len(test))[: sc.metrics.eval_examples]
+            test = test.subset(np.sort(pick))
+        self.test = test
+        self.n_classes = len(fs.label_names)
+        parts = _partition(sc, train.speakers, train.labels.numpy(), seed)
+        flippers = label_flippers(sc)
+        model_cfg = ModelConfig(
+            name=sc.learner.model, width=sc.learner.width, pooling=sc.learner.pooling
+        )
+        privacy = node_privacy(sc)
+        workers = sc.learner.workers if own is None else 1
+        if own is None:
+            own = list(range(len(parts))) if workers == 1 else [0]  # node 0: genesis/schema
+        self.trainers: dict[int, LocalTrainer] = {}
+        for i in own:
+            local = train.subset(parts[i])
+            if i in flippers:
+                local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
+            self.trainers[i] = LocalTrainer(
+                local,
+                model_cfg=model_cfg,
+                feature_cfg=sc.data.features,
+                training=sc.learner.training,
+                privacy=privacy,
+                seed=seed * 100_003 + i,
+                genesis_seed=seed,
+                noise_seed=seed * 100_003 + i,  # reproducible runs; a real node uses OS entropy
+            )
+        first = self.trainers[own[0]]
+        self.genesis = first.get_flat()
+        self.schema = bytes.fromhex(first.schema)
+        self.schema_card = first.schema_card
+        self._steps = sc.learner.training.local_steps
+        self._first = first  # scores any node's weights on a spare model copy
+        self._eps: dict[int, float | None] = {}
+        self._pool = WorkerPool(sc, seed, len(parts), workers) if workers > 1 else None
+
+    def train(self, i: int, model: Vec) -> tuple[Vec, int, DpInfo]:
+        """K DP-SGD steps of node ``i``'s own trainer, from the merged model."""
+        return self.train_many([(i, model)])[i]
+
+    def train_many(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Several nodes' bursts (in parallel when there are worker processes)."""
+        if self._pool is not None:
+            out = self._pool.run(jobs)
+        else:
+            out = {}
+            for i, model in jobs:
+                fit = self.trainers[i].fit(model, self._steps)
+                dp = DpInfo(fit.report.epsilon, fit.report.delta)
+                out[i] = (fit.weights, fit.samples, dp)
+        for i, (_, _, dp) in out.items():
+            self._eps[i] = dp.example_epsilon
+        return out
+
+    def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:
+        """Held-out accuracy of every given model."""
+        if not models:
+            return {}
+        if self._pool is not None:
+            return self._pool.evaluate(models)
+        return {
+            k: self._first.evaluate_weights(models[k], self.test)["accuracy"]
+            for k in sorted(models)
+        }
+
+    def epsilon(self, i: int) -> float | None:
+        """ε of the node's ledger after its last burst (example-level); 0 before any."""
+        if i in self._eps:
+            return self._eps[i]
+        return 0.0 if self.trainers[next(iter(self.trainers))].ledger else None
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _partition(
+    sc: Scenario, speakers: list[str], labels: npt.NDArray[np.int64], seed: int
+) -> list[npt.NDArray[np.int64]]:
+    from flava_p2p.speech import partition
+
+    n = sc.nodes
+    if sc.data.partition == "speaker":
+        # More nodes than speakers: each speaker's clips are split over several nodes.
+        return partition.by_speaker(speakers, n_parts=n, seed=seed)
+    if sc.data.partition == "iid":
+        return partition.iid(len(labels), n, seed=seed)
+    return partition.dirichlet(labels, n, sc.data.alpha, seed=seed)
+
+
