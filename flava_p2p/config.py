@@ -376,6 +376,12 @@ class DataConfig(_Strict):
     encoded once); default ``<home>/cache``. Relative paths are relative to the node home."""
     eval_root: Path | None = None
     """Optional held-out clips (same layout) for the local validation accuracy in /status."""
+    inbox: Path = Path("inbox")
+    """A second folder of clips (same layout) that other parts of the node, or the owner's
+    apps, write to; trained on like ``root``."""
+    watch_period_s: float | None = Field(default=5.0, gt=0)
+    """Rescan ``root`` and ``inbox`` this often: new clips join training, removed clips leave
+    it, without a restart. null: load once at start."""
 
 
 class ApiConfig(_Strict):
@@ -389,6 +395,10 @@ class NodeConfig(_Strict):
     """Everything ``flava-node`` reads from ``node.yaml``."""
 
     seed: int = Field(default=0, ge=0)
+    task: Path | None = None
+    """Task card (YAML) the node learns: labels, front end, head and DP bound shared by the
+    whole network (see configs/tasks/). null: labels from the data folders, the rest from
+    this file. Relative to the node home."""
     """Seed for every random choice of this node (jitter, peer sampling, DP noise)."""
     logging: LoggingConfig = LoggingConfig()
     identity: IdentityConfig = IdentityConfig()

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  flava-node init\n"
+            "  flava-node init --task configs/tasks/fsdd_digits.yaml   # join a network's task\n"
             "  FLAVA_PASS=... flava-node init --home /srv/flava --passphrase-env FLAVA_PASS \\\n"
             "      --listen /ip4/0.0.0.0/udp/7946"
         ),
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="VAR",
         help="encrypt the keystore with the passphrase in environment variable VAR",
+    )
+    init.add_argument(
+        "--task",
+        default=None,
+        metavar="FILE",
+        help="task card (YAML) the network learns: labels, encoder, head, DP bound; copied "
+        "into the home as task.yaml (see configs/tasks/). Without it, labels come from the "
+        "data folders",
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing identity")
     init.add_argument("--json", action="store_true", help="print PeerID and multiaddr as JSON")
@@ -191,14 +200,22 @@ def _cmd_init(args: argparse.Namespace) -> int:
         passphrase = os.environ.get(args.passphrase_env)
         if not passphrase:
             raise FlavaError(f"environment variable {args.passphrase_env} is empty or unset.")
+    card = None
+    if args.task:
+        from flava_p2p.task import load_task
+
+        card = load_task(args.task)  # validated before anything is written
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     identity = Identity.generate()
     save_keystore(keystore, identity, passphrase)
+    if card is not None:
+        (home / "task.yaml").write_text(Path(args.task).read_text(encoding="utf-8"), "utf-8")
     cfg = NodeConfig.model_validate(
         {
             "identity": {"keystore": "identity.key", "passphrase_env": args.passphrase_env},
             "network": {"listen": args.listen},
+            "task": "task.yaml" if card is not None else None,
         }
     )
     config_path = home / "node.yaml"
@@ -222,6 +239,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         print(f"multiaddr: {addr}")
         print(f"keystore:  {keystore} (mode 0600)")
         print(f"config:    {config_path}")
+        if card is not None:
+            print(f"task:      {card.ident}, {len(card.labels)} labels")
     return 0
 
 
@@ -287,8 +306,9 @@ def _print_status(s: dict[str, object]) -> None:
     assert isinstance(privacy, dict)
     ex = privacy.get("example_level")
     eps = (
-        f"ε = {ex['epsilon']:.4f} (δ = {ex['delta']:g}, unit: example), "
-        f"{ex['steps']}/{ex['planned_steps']} steps"
+        f"worst clip ε = {ex['epsilon']:.4f} (δ = {ex['delta']:g}, unit: example, per clip; "
+        f"bound {ex['target_epsilon']:g}), {ex['retired_clips']} clips retired, "
+        f"{ex['steps']} steps"
         if ex
         else "DP off"
     )
@@ -296,7 +316,18 @@ def _print_status(s: dict[str, object]) -> None:
     acc_text = f"{acc['accuracy']:.4f} at round {acc['round']}" if isinstance(acc, dict) else "—"
     console.print(f"[bold]{s['peer_id']}[/bold]  round {s['round']}  up {s['uptime_s']} s")
     console.print(f"addresses: {', '.join(s['addresses'])}")  # type: ignore[arg-type]
-    console.print(f"privacy: {eps}; budget: {privacy['budget']}")
+    console.print(f"task: {s.get('task') or '(none: labels from the data folders)'}")
+    console.print(f"privacy: {eps}; training: {privacy['budget']}")
+    data = s.get("data")
+    if isinstance(data, dict):
+        per = ", ".join(f"{k} {v}" for k, v in data["clips_per_label"].items())
+        console.print(
+            f"clips: {data['clips']} ({per}); {data['new_since_start']} new and "
+            f"{data['removed_since_start']} removed since start, "
+            f"{data['rejected_files']} unusable files"
+        )
+        if data["unknown_label_folders"]:
+            console.print(f"  not labels of the task (ignored): {data['unknown_label_folders']}")
     if ex:
         console.print(f"  DP protects: {ex['protects']}")
     model = s.get("model")
@@ -322,10 +353,17 @@ def _print_status(s: dict[str, object]) -> None:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file, NodeConfig)
+    card = None
+    if cfg.task is not None:
+        from flava_p2p.task import apply_task, load_task
+
+        task_path = cfg.task if cfg.task.is_absolute() else Path(args.file).parent / cfg.task
+        card = load_task(task_path)
+        cfg = apply_task(cfg, card)
     if args.json:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     else:
-        print(f"{args.file}: OK")
+        print(f"{args.file}: OK" + (f" (task {card.ident})" if card else ""))
     return 0
 
 

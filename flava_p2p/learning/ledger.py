@@ -1,4 +1,4 @@
-"""The privacy ledger: example-level (ε, δ) spent by one node, from Opacus's accountants.
+"""The privacy ledger: example-level (ε, δ) per clip of one node, from Opacus's accountants.
 
 The ledger, not the optimizer hook, is the source of truth: steps are *charged before they are
 taken* (and persisted with the model), so a crash between charging and saving can only make the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from flava_p2p.config import PrivacyConfig
 from flava_p2p.errors import FlavaError
 
-BudgetState = Literal["disabled", "training", "budget_exhausted"]
+BudgetState = Literal["disabled", "training", "waiting_for_data", "budget_exhausted"]
 
 
 class LedgerError(FlavaError):
@@ -28,7 +29,20 @@ class LedgerError(FlavaError):
 
 @dataclass
 class PrivacyLedger:
-    """Example-level DP accounting for one node's lifetime (one PrivacyEngine, one σ)."""
+    """Example-level DP accounting, per clip, for one node's lifetime (one σ, one q).
+
+    Each clip (known by the SHA-256 of its file) has an *age*: the number of DP-SGD steps in
+    which it could have been sampled. Its privacy loss is that of ``age`` Poisson-subsampled
+    Gaussian steps at (σ, q) — the accountant's bound with this clip as the differing example —
+    and nothing for steps taken before it arrived or after it retired, because in those steps
+    it could not be sampled. A clip whose age reaches ``max_age`` (``planned_steps``, or fewer
+    if that would pass the target) retires: it is never sampled again, so its ε stays within
+    the bound while newer clips keep the node learning. σ, q and the gradient normaliser are
+    fixed when the ledger is planned and never change, so a clip's ε is a function of its age.
+
+    Without clip identities (``charge(k)`` with no clips, e.g. the toy learner) every clip is
+    taken to be present for every step: the classic node-lifetime ledger.
+    """
 
     accountant: str
     delta: float
@@ -37,12 +51,20 @@ class PrivacyLedger:
     sample_rate: float
     planned_steps: int
     steps: int = 0
-    history: list[tuple[float, float, int]] = field(default_factory=list)
+    ages: dict[bytes, int] = field(default_factory=dict)
     epsilon: float = 0.0
+    """The worst clip's ε (never decreases)."""
+    expected_batch: float = 0.0
+    """Divisor of the noised gradient sum (the expected batch at planning), fixed for life."""
+    legacy_age: int = 0
+    """From a pre-per-clip ledger: the age given to the clips present at the first admit."""
 
     @classmethod
-    def plan(cls, cfg: PrivacyConfig, sample_rate: float) -> PrivacyLedger:
-        """Choose σ once: ``cfg.planned_steps`` steps at ``sample_rate`` spend the target ε."""
+    def plan(
+        cls, cfg: PrivacyConfig, sample_rate: float, expected_batch: float = 0.0
+    ) -> PrivacyLedger:
+        """Choose σ once: a clip sampled in ``cfg.planned_steps`` steps at ``sample_rate``
+        spends exactly the target ε."""
         sigma = get_noise_multiplier(
             target_epsilon=cfg.target_epsilon,
             target_delta=cfg.delta,
@@ -57,42 +79,96 @@ class PrivacyLedger:
             float(sigma),
             sample_rate,
             cfg.planned_steps,
+            expected_batch=expected_batch,
         )
 
-    def epsilon_after(self, extra_steps: int = 0) -> float:
-        """ε(δ) if ``extra_steps`` more steps were charged (0: the current ε)."""
-        hist = list(self.history)
-        if extra_steps:
-            hist.append((self.noise_multiplier, self.sample_rate, extra_steps))
-        if not hist:
+    # ------------------------------------------------------------- accounting
+    def epsilon_at(self, age: int) -> float:
+        """ε(δ) of one clip sampled-eligible in ``age`` steps."""
+        if age <= 0:
             return 0.0
-        return _epsilon(self.accountant, tuple(_merge(hist)), self.delta)
+        return _epsilon(
+            self.accountant, ((self.noise_multiplier, self.sample_rate, age),), self.delta
+        )
 
-    def allowed_steps(self, wanted: int) -> int:
-        """How many of ``wanted`` steps fit in the budget (never past the planned lifetime)."""
-        room = max(0, self.planned_steps - self.steps)
-        k = min(wanted, room)
-        # Guard against a changed accountant/σ: never step to an ε above the target.
-        while k > 0 and self.epsilon_after(k) > self.target_epsilon * (1 + 1e-9) + 0.02:
-            k //= 2
+    @property
+    def oldest_age(self) -> int:
+        """Age of the oldest clip (the node's step count when no clips are tracked)."""
+        return max(self.ages.values(), default=0) if self.ages else self.steps
+
+    def epsilon_after(self, extra_steps: int = 0) -> float:
+        """ε of the oldest clip if ``extra_steps`` more steps were charged (0: now)."""
+        return self.epsilon_at(self.oldest_age + extra_steps)
+
+    @functools.cached_property
+    def max_age(self) -> int:
+        """Steps a clip may be sampled in: ``planned_steps``, fewer if a changed accountant
+        would otherwise take it past the target."""
+        k = self.planned_steps
+        while k > 0 and self.epsilon_at(k) > self.target_epsilon * (1 + 1e-9) + 0.02:
+            k = k * 9 // 10
         return k
 
-    def charge(self, steps: int) -> None:
-        """Record ``steps`` DP-SGD steps as spent (call *before* taking them)."""
+    def remaining(self, clip: bytes | None = None) -> int:
+        """Steps left before ``clip`` retires (untracked: before the node's budget is spent)."""
+        age = self.steps if clip is None else self.ages.get(clip, 0)
+        return max(0, self.max_age - age)
+
+    def admit(self, clips: Iterable[bytes]) -> int:
+        """Start accounting for clips not seen before (age 0); returns how many were new.
+
+        A clip already known keeps its age — removing and re-adding a file never buys it a
+        fresh budget."""
+        new = 0
+        for c in clips:
+            if c not in self.ages:
+                self.ages[c] = self.legacy_age
+                new += 1
+        self.legacy_age = 0
+        return new
+
+    def allowed_steps(self, wanted: int, clips: Sequence[bytes] | None = None) -> int:
+        """Steps worth taking: up to ``wanted`` while some of ``clips`` can still be sampled."""
+        if clips is None:
+            return min(wanted, self.remaining())
+        return min(wanted, max((self.remaining(c) for c in clips), default=0))
+
+    def charge(self, steps: int, clips: Sequence[bytes] | None = None) -> None:
+        """Record ``steps`` DP-SGD steps in which ``clips`` could be sampled (call *before*
+        taking them). Each clip ages by the steps it can still take, never past retirement."""
         if steps <= 0:
             return
-        self.history.append((self.noise_multiplier, self.sample_rate, steps))
-        self.history = _merge(self.history)
         self.steps += steps
-        self.epsilon = self.epsilon_after()
+        for c in clips or ():
+            self.ages[c] = self.ages.get(c, 0) + min(steps, self.remaining(c))
+        self.epsilon = max(self.epsilon, self.epsilon_after())
+
+    def retired(self, clips: Iterable[bytes] | None = None) -> int:
+        """How many of ``clips`` (default: every clip ever seen) have spent their budget."""
+        keys = self.ages if clips is None else clips
+        return sum(1 for c in keys if self.remaining(c) == 0)
+
+    def state_for(self, clips: Sequence[bytes] | None = None) -> BudgetState:
+        """``waiting_for_data`` with no clips; ``budget_exhausted`` once none can be sampled."""
+        if clips is not None and not clips:
+            return "waiting_for_data"
+        return "budget_exhausted" if self.allowed_steps(1, clips) == 0 else "training"
 
     @property
     def state(self) -> BudgetState:
-        """``budget_exhausted`` once no further step fits."""
-        return "budget_exhausted" if self.allowed_steps(1) == 0 else "training"
+        """Budget state over every clip the ledger knows."""
+        return self.state_for(list(self.ages) if self.ages else None)
+
+    # ------------------------------------------------------------ persistence
+    def cohorts(self) -> dict[int, list[bytes]]:
+        """Clips grouped by age: the persisted per-cohort state."""
+        out: dict[int, list[bytes]] = {}
+        for c, age in self.ages.items():
+            out.setdefault(age, []).append(c)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain msgpack/JSON-ready representation."""
+        """Plain msgpack-ready representation (clip ids as raw bytes)."""
         return {
             "accountant": self.accountant,
             "delta": self.delta,
@@ -101,16 +177,35 @@ class PrivacyLedger:
             "sample_rate": self.sample_rate,
             "planned_steps": self.planned_steps,
             "steps": self.steps,
-            "history": [list(h) for h in self.history],
+            "cohorts": [[age, sorted(clips)] for age, clips in sorted(self.cohorts().items())],
             "epsilon": self.epsilon,
-            "unit": "example",
+            "expected_batch": self.expected_batch,
+            "legacy_age": self.legacy_age,
+            "unit": "example (per clip)",
         }
 
     @classmethod
     def from_dict(cls, d: Any) -> PrivacyLedger:
-        """Validate and restore; a ledger whose numbers do not add up raises LedgerError."""
+        """Validate and restore; a ledger whose numbers do not add up raises LedgerError.
+
+        Ledgers written before per-clip accounting (a ``history`` of node steps) load with
+        every clip present at the next admit aged by the node's steps: never less than spent.
+        """
         try:
-            hist = [(float(s), float(q), int(n)) for s, q, n in d["history"]]
+            ages: dict[bytes, int] = {}
+            legacy = 0
+            if "cohorts" in d:
+                for age, clips in d["cohorts"]:
+                    for c in clips:
+                        if not isinstance(c, bytes) or len(c) != 32:
+                            raise ValueError("clip ids are 32-byte digests")
+                        ages[c] = int(age)
+                legacy = int(d.get("legacy_age", 0))
+            else:  # the node-lifetime ledger of earlier versions
+                hist = [(float(s), float(q), int(n)) for s, q, n in d["history"]]
+                if sum(n for _, _, n in hist) != int(d["steps"]):
+                    raise LedgerError("privacy ledger step count does not match its history.")
+                legacy = int(d["steps"])
             led = cls(
                 str(d["accountant"]),
                 float(d["delta"]),
@@ -119,18 +214,22 @@ class PrivacyLedger:
                 float(d["sample_rate"]),
                 int(d["planned_steps"]),
                 int(d["steps"]),
-                hist,
+                ages,
                 float(d["epsilon"]),
+                float(d.get("expected_batch", 0.0)),
+                legacy,
             )
+        except LedgerError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerError(f"privacy ledger is malformed ({exc}).") from None
         if led.accountant not in ("rdp", "prv"):
             raise LedgerError(f"privacy ledger names unknown accountant {led.accountant!r}.")
-        if sum(n for _, _, n in hist) != led.steps or led.steps < 0:
-            raise LedgerError("privacy ledger step count does not match its history.")
-        recomputed = led.epsilon_after()
+        if led.steps < 0 or any(a < 0 or a > led.steps for a in ages.values()):
+            raise LedgerError("privacy ledger: a clip is older than the node's step count.")
+        recomputed = led.epsilon_at(max(led.oldest_age, legacy))
         if not math.isfinite(led.epsilon) or recomputed + 1e-9 < led.epsilon * (1 - 1e-6):
-            raise LedgerError("privacy ledger ε does not match its history.")
+            raise LedgerError("privacy ledger ε does not match its clips' ages.")
         led.epsilon = max(led.epsilon, recomputed)
         return led
 
@@ -156,14 +255,3 @@ def _rdp_per_step(sigma: float, q: float) -> Any:
     return rdp_analysis.compute_rdp(
         q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
     )
-
-
-def _merge(hist: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """Merge consecutive entries with equal (σ, q): same privacy, far cheaper to account."""
-    out: list[tuple[float, float, int]] = []
-    for sigma, q, n in hist:
-        if out and out[-1][0] == sigma and out[-1][1] == q:
-            out[-1] = (sigma, q, out[-1][2] + n)
-        else:
-            out.append((sigma, q, n))
-    return out

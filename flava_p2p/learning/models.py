@@ -215,7 +215,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def schema_card(
-    model_cfg: ModelConfig, feature_cfg: FeatureConfig, labels: list[str], model: nn.Module
+    model_cfg: ModelConfig,
+    feature_cfg: FeatureConfig,
+    labels: list[str],
+    model: nn.Module,
+    task: str | None = None,
 ) -> dict[str, str]:
     """Short, human-readable description of what two nodes must share to merge weights.
 
@@ -244,7 +248,8 @@ def schema_card(
     layout = json.dumps([[n, list(p.shape)] for n, p in model.named_parameters()])
     label_blob = json.dumps(labels, ensure_ascii=False).encode("utf-8")
     shown = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "")
-    return {
+    card = {"task": task} if task else {}
+    return card | {
         "encoder": encoder,
         "features": front,
         "head": head,
@@ -256,7 +261,11 @@ def schema_card(
 
 
 def schema_hash(
-    model_cfg: ModelConfig, feature_cfg: FeatureConfig, labels: list[str], model: nn.Module
+    model_cfg: ModelConfig,
+    feature_cfg: FeatureConfig,
+    labels: list[str],
+    model: nn.Module,
+    task: str | None = None,
 ) -> str:
     """Stable hex digest of everything two nodes must share to merge weights.
 
@@ -267,7 +276,7 @@ def schema_hash(
     desc = {
         "model": model_cfg.model_dump(mode="json"),
         "features": feature_cfg.model_dump(mode="json"),
-        "card": schema_card(model_cfg, feature_cfg, labels, model),
+        "card": schema_card(model_cfg, feature_cfg, labels, model, task),
         "labels": labels,
         "params": [[n, list(p.shape)] for n, p in model.named_parameters()],
     }

@@ -91,8 +91,10 @@ class LocalTrainer:
         checkpoint_path: str | Path | None = None,
         ema_decay: float | None = None,
         closed_form_dp: bool = True,
+        task: str | None = None,
+        allow_empty: bool = False,
     ) -> None:
-        if len(train_set) == 0:
+        if len(train_set) == 0 and not allow_empty:
             raise FlavaError("no training examples: the node's data folder has no usable audio.")
         self.training = training
         self.privacy = privacy
@@ -110,14 +112,16 @@ class LocalTrainer:
             n_frames,
             seed if genesis_seed is None else genesis_seed,
         )
-        self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model)
-        self.schema_card = schema_card(model_cfg, feature_cfg, self.label_names, self.model)
+        self.task = task
+        self.schema = schema_hash(model_cfg, feature_cfg, self.label_names, self.model, task)
+        self.schema_card = schema_card(model_cfg, feature_cfg, self.label_names, self.model, task)
         self._manual_lr = False
         self._spare: nn.Module | None = None
         self._aug_gen = torch.Generator().manual_seed(seed + 1)
         self._data_gen = torch.Generator().manual_seed(seed + 2)
-        self._prepare_inputs(train_set, closed_form_dp and privacy.enabled)
-        self._batch = min(training.batch_size, self.n_train)
+        self._closed_form_wanted = closed_form_dp and privacy.enabled
+        self._prepare_inputs(train_set, self._closed_form_wanted)
+        self._batch = max(1, min(training.batch_size, self.n_train))
         # Batches are drawn by indexing the tensors directly: a DataLoader fetches and collates
         # example by example, which cost more than the whole step of a small head.
         self._order = torch.zeros(0, dtype=torch.int64)
@@ -127,12 +131,12 @@ class LocalTrainer:
         )
         self.ledger: PrivacyLedger | None = None
         self._trainable: nn.Module = self.model
-        #: Poisson sampling rate q under DP: each example joins each step's batch independently.
-        self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
+        #: Poisson sampling rate q under DP: each clip joins each step's batch independently.
+        #: Fixed for the node's life by the first data it trains on (as Opacus derives it).
+        self.sample_rate = 1 / math.ceil(max(self.n_train, 1) / self._batch)
         if privacy.enabled:
             from opacus import PrivacyEngine
 
-            self.ledger = PrivacyLedger.plan(privacy, self.sample_rate)
             # Real nodes draw DP noise from OS entropy: a noise seed an attacker could learn from
             # the config would void the guarantee. Simulations pass one for reproducibility.
             gen = torch.Generator().manual_seed(
@@ -142,12 +146,16 @@ class LocalTrainer:
             # Opacus derives q and the expected batch size from a loader; batches themselves
             # come from _poisson_batch, which samples exactly as Opacus' own Poisson sampler
             # does (one uniform draw per example, kept when below q).
-            loader = DataLoader(TensorDataset(self._x, self._y), batch_size=self._batch)
+            # (Its loader only tells it q; a node still waiting for clips plans later.)
+            n_plan = max(self.n_train, 1)
+            loader = DataLoader(
+                TensorDataset(torch.zeros(n_plan, 1), torch.zeros(n_plan)), batch_size=self._batch
+            )
             self._trainable, optimizer, _ = self._engine.make_private(
                 module=self.model,
                 optimizer=optimizer,
                 data_loader=loader,
-                noise_multiplier=self.ledger.noise_multiplier,
+                noise_multiplier=1.0,  # set from the ledger once it is planned
                 max_grad_norm=privacy.max_grad_norm,
                 poisson_sampling=True,
                 noise_generator=gen,
@@ -158,6 +166,17 @@ class LocalTrainer:
         self.criterion = nn.CrossEntropyLoss()
         # Exponential moving average of the weights (De et al. 2022): pure post-processing of the
         # DP-SGD iterates, so it costs no privacy, and it averages out much of the step noise.
+        self._init_ema(ema_decay)
+        if self.checkpoint_path and self.checkpoint_path.exists():
+            self._restore(self.checkpoint_path)
+        if privacy.enabled and self.ledger is None and self.n_train > 0:
+            self.ledger = self._plan_ledger()
+        if self.ledger is not None:
+            self.ledger.admit(self._clips)
+        if self.checkpoint_path and not self.checkpoint_path.exists():
+            self.save()  # from the start there is always a loadable checkpoint (ε = 0)
+
+    def _init_ema(self, ema_decay: float | None) -> None:
         self.ema_decay = ema_decay
         self._ema: list[torch.Tensor] | None = None
         self._ema_updates = 0
@@ -165,14 +184,58 @@ class LocalTrainer:
             if not 0 < ema_decay < 1:
                 raise FlavaError(f"ema_decay must be in (0, 1), got {ema_decay}.")
             self._ema = [p.detach().clone() for p in self.model.parameters()]
-        if self.checkpoint_path and self.checkpoint_path.exists():
-            self._restore(self.checkpoint_path)
-        elif self.checkpoint_path:
-            self.save()  # from the start there is always a loadable checkpoint (ε = 0)
+
+    def _plan_ledger(self) -> PrivacyLedger:
+        """Fix σ, q and the gradient divisor for the node's life, from its first clips."""
+        self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
+        expected = int(self.n_train * self.sample_rate)  # exactly as Opacus computes it
+        self.ledger = PrivacyLedger.plan(self.privacy, self.sample_rate, float(expected))
+        self._sync_optimizer()
+        return self.ledger
+
+    def _sync_optimizer(self) -> None:
+        """The DP optimizer takes σ and the divisor from the ledger (the source of truth)."""
+        if self.ledger is None:
+            return
+        opt: Any = self.optimizer
+        opt.noise_multiplier = self.ledger.noise_multiplier
+        if self.ledger.expected_batch > 0:
+            opt.expected_batch_size = self.ledger.expected_batch
+        else:  # a ledger from before the divisor was recorded: record the one in force
+            self.ledger.expected_batch = float(opt.expected_batch_size)
+        self.sample_rate = self.ledger.sample_rate
+
+    def update_data(self, train_set: FeatureSet) -> int:
+        """Train on ``train_set`` from the next step on (clips added or removed while running).
+
+        Returns how many clips the ledger had never seen (they start with a fresh budget; a
+        clip seen before keeps its age). σ and q stay as planned."""
+        if train_set.label_names != self.label_names:
+            raise FlavaError(
+                f"new data has labels {train_set.label_names}, the model {self.label_names}"
+            )
+        self._prepare_inputs(train_set, self._closed_form_wanted)
+        self.n_train = len(self._y)
+        self._batch = max(1, min(self.training.batch_size, self.n_train))
+        self._order, self._cursor = torch.zeros(0, dtype=torch.int64), 0
+        if self.privacy.enabled and self.ledger is None and self.n_train > 0:
+            self.ledger = self._plan_ledger()
+        return self.ledger.admit(self._clips) if self.ledger is not None else 0
 
     def _prepare_inputs(self, train_set: FeatureSet, closed_form: bool) -> None:
         """Training tensors, pooled once when the head's pooling is fixed; decide the DP path."""
         self._x, self._y = train_set.features, train_set.labels
+        #: Each row's clip id (SHA-256 of the file) for per-clip accounting; empty when the
+        #: set carries none (then every clip counts as present for every step).
+        self._clips: list[bytes] = list(train_set.digests)
+        if self._clips:
+            # Identical files are one clip: sampling it twice per step would double its
+            # sensitivity, so keep the first row of each.
+            first = {c: i for i, c in reversed(list(enumerate(self._clips)))}
+            if len(first) < len(self._clips):
+                keep = torch.as_tensor(sorted(first.values()), dtype=torch.int64)
+                self._x, self._y = self._x[keep], self._y[keep]
+                self._clips = [self._clips[i] for i in keep.tolist()]
         # Heads over a frozen encoder with fixed pooling see each clip as one pooled vector:
         # pool once here rather than every step (a fixed function of one clip: no privacy cost).
         pooled = self.model.precompute(self._x) if isinstance(self.model, EmbeddingHead) else None
@@ -194,34 +257,18 @@ class LocalTrainer:
     def train(self, k_steps: int) -> TrainReport:
         """Take up to ``k_steps`` optimizer steps (fewer if the privacy budget runs out)."""
         start = time.perf_counter()
-        k = k_steps
+        if self.n_train == 0:
+            return self._report(0, 0, math.nan, start)
+        k, first_step = k_steps, 0.0
         if self.ledger is not None:
-            k = self.ledger.allowed_steps(k_steps)
+            k, first_step = self._spend(k_steps)
             if k == 0:
-                if self._budget_warned:
-                    return self._report(0, 0, math.nan, start)
-                self._budget_warned = True  # once: a node keeps asking every round
-                log.warning(
-                    "privacy budget exhausted; refusing to train",
-                    epsilon=self.ledger.epsilon,
-                    target_epsilon=self.ledger.target_epsilon,
-                    delta=self.ledger.delta,
-                    steps=self.ledger.steps,
-                )
                 return self._report(0, 0, math.nan, start)
-            self.ledger.charge(k)
-            self.save()  # ε is on disk before any step that spends it
         self._trainable.train()
         total_loss, examples = 0.0, 0
-        first_step = self.ledger.steps - k if self.ledger is not None else 0
-        if self.ledger is not None:
-            # The whole burst's Poisson draws at once: the same numbers as one draw per step
-            # (the generator fills them in order), one call instead of k.
-            self._poisson = torch.rand(k, self.n_train, generator=self._data_gen) < (
-                self.sample_rate
-            )
         for j in range(k):
-            self._schedule_lr(first_step + j)
+            if self.ledger is not None:
+                self._schedule_lr(first_step + j)
             x, y = self._next_batch(j)
             n = len(x)
             x, y = self._augment(x, y)
@@ -244,6 +291,54 @@ class LocalTrainer:
         self.save()
         return self._report(k, examples, total_loss / max(examples, 1), start)
 
+    def _spend(self, wanted: int) -> tuple[int, float]:
+        """Charge the ledger for the next burst (before it runs) and draw its Poisson batches.
+
+        Returns the steps to take (0 when every clip has retired) and the schedule position
+        of the first one."""
+        assert self.ledger is not None
+        clips = self._clips or None
+        k = self.ledger.allowed_steps(wanted, clips)
+        if k == 0:
+            if not self._budget_warned:
+                self._budget_warned = True  # once: a node keeps asking every round
+                log.warning(
+                    "privacy budget exhausted: every clip has retired; refusing to train "
+                    "until new clips arrive",
+                    epsilon=self.ledger.epsilon,
+                    target_epsilon=self.ledger.target_epsilon,
+                    delta=self.ledger.delta,
+                    steps=self.ledger.steps,
+                )
+            return 0, 0.0
+        self._budget_warned = False
+        remaining = self._remaining(clips)
+        # The schedule follows the age of the clips in training (fresh clips: larger steps).
+        first_step = float(self._schedule_age(clips))
+        self.ledger.charge(k, clips)
+        self.save()  # ε is on disk before any step that spends it
+        # The whole burst's Poisson draws at once: the same numbers as one draw per step
+        # (the generator fills them in order), one call instead of k.
+        self._poisson = torch.rand(k, self.n_train, generator=self._data_gen) < self.sample_rate
+        if remaining is not None and int(remaining.min()) < k:
+            # A clip is sampled only in the steps its budget still covers, then retires.
+            self._poisson &= torch.arange(k).unsqueeze(1) < remaining.unsqueeze(0)
+        return k, first_step
+
+    def _remaining(self, clips: list[bytes] | None) -> torch.Tensor | None:
+        """Steps each row may still be sampled in (None: untracked, all alike)."""
+        if clips is None or self.ledger is None:
+            return None
+        return torch.tensor([self.ledger.remaining(c) for c in clips], dtype=torch.int64)
+
+    def _schedule_age(self, clips: list[bytes] | None) -> float:
+        """Mean age of the clips still in training (the node's steps when untracked)."""
+        assert self.ledger is not None
+        if clips is None:
+            return self.ledger.steps
+        live = [self.ledger.ages.get(c, 0) for c in clips if self.ledger.remaining(c) > 0]
+        return sum(live) / len(live) if live else self.ledger.steps
+
     def _closed_form_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One DP-SGD step of a linear head without Opacus' hooks (same math, same noise)."""
         assert isinstance(self.model, EmbeddingHead) and isinstance(self.model.body, nn.Linear)
@@ -261,7 +356,7 @@ class LocalTrainer:
         opt.original_optimizer.step()
         return loss
 
-    def _schedule_lr(self, step: int) -> None:
+    def _schedule_lr(self, step: float) -> None:
         """The node's lifetime schedule (cosine over the planned DP steps; else constant).
 
         Callers that drive their own schedule (``set_lr``) switch this off."""
@@ -359,8 +454,16 @@ class LocalTrainer:
 
     @property
     def budget_state(self) -> BudgetState:
-        """``disabled`` without DP; ``budget_exhausted`` once no further step fits."""
-        return self.ledger.state if self.ledger else "disabled"
+        """``disabled`` without DP; ``waiting_for_data`` without clips; ``budget_exhausted``
+        once every clip has retired."""
+        if self.n_train == 0:
+            return "waiting_for_data"
+        return self.ledger.state_for(self._clips or None) if self.ledger else "disabled"
+
+    @property
+    def retired_clips(self) -> int:
+        """Clips in the current data whose budget is spent (never sampled again)."""
+        return self.ledger.retired(self._clips) if self.ledger and self._clips else 0
 
     # ------------------------------------------------- the learner interface
     def fit(self, weights: npt.NDArray[np.float32], steps: int) -> FitResult:
@@ -423,6 +526,7 @@ class LocalTrainer:
             "model": self.model_cfg.model_dump(mode="json"),
             "features": self.feature_cfg.model_dump(mode="json"),
             "labels": self.label_names,
+            "task": self.task,
             "schema_hash": self.schema,
         }
 
@@ -450,9 +554,9 @@ class LocalTrainer:
         if self.ledger is not None:
             if ckpt.ledger is None:
                 raise FlavaError(f"{path}: checkpoint has no privacy ledger but DP is enabled.")
-            # σ and q were fixed for the node's lifetime when the ledger was first planned.
+            # σ, q and the divisor were fixed for the node's life when the ledger was planned.
             self.ledger = ckpt.ledger
-            self.optimizer.noise_multiplier = ckpt.ledger.noise_multiplier  # type: ignore[attr-defined]
+            self._sync_optimizer()
         log.info(
             "resumed from checkpoint",
             path=str(path),

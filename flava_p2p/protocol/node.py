@@ -59,7 +59,6 @@ Addr = tuple[str, int]
 Vec = npt.NDArray[np.float32]
 
 
-
 # ----------------------------------------------------------------------------- outputs
 @dataclass(frozen=True)
 class Send:

@@ -42,9 +42,13 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
                 if frozen
                 else f"the whole model ({card['head']}, {card['parameters']} parameters)"
             ),
+            "accounting": "per clip: a clip's loss accrues only in the steps it could be "
+            "sampled in; it retires (is never sampled again) when its budget is spent",
             "epsilon": led.epsilon,
             "delta": led.delta,
             "target_epsilon": led.target_epsilon,
+            "retired_clips": node.trainer.retired_clips,
+            "clips_accounted": len(led.ages),
             "steps": led.steps,
             "planned_steps": led.planned_steps,
             "noise_multiplier": led.noise_multiplier,
@@ -65,7 +69,9 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
     )
     return {
         "peer_id": node.identity.peer_id_str,
+        "task": node.task.ident if node.task else None,
         "model": card,
+        "data": data_snapshot(node),
         "addresses": node.addresses,
         "uptime_s": round(now - node.started_at, 1),
         "round": core.round,
@@ -80,6 +86,23 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
         "graylisted_addresses": core.scores.graylisted_addrs(now),
         "counters": {**core.counters, **node.counters},
         "attack": node.attack.name if node.attack else None,
+    }
+
+
+def data_snapshot(node: NodeRunner) -> dict[str, Any]:
+    """The node's clips: per label, changes since start, unusable files, training state."""
+    clips = node.clips
+    rejected = clips.rejected
+    return {
+        "training_state": node.trainer.budget_state,
+        "clips_per_label": clips.counts(),
+        "clips": len(node.train_set),
+        "new_since_start": clips.added_since_start,
+        "removed_since_start": clips.removed_since_start,
+        "rejected_files": len(rejected),
+        "rejected_examples": dict(list(rejected.items())[:5]),
+        "unknown_label_folders": clips.unknown_labels,
+        "roots": [str(r) for r in clips.roots],
     }
 
 
@@ -101,6 +124,8 @@ def prometheus_text(s: dict[str, Any]) -> str:
     ex = s["privacy"]["example_level"]
     if ex is not None:
         lines += ["# TYPE flava_epsilon gauge", f'flava_epsilon{{unit="example"}} {ex["epsilon"]}']
+        lines += ["# TYPE flava_retired_clips gauge", f"flava_retired_clips {ex['retired_clips']}"]
+    lines += ["# TYPE flava_clips gauge", f"flava_clips {s['data']['clips']}"]
     if s["accuracy"]:
         lines += ["# TYPE flava_accuracy gauge", f"flava_accuracy {s['accuracy']['accuracy']}"]
     lines += [

@@ -53,7 +53,9 @@ from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
 from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
+from flava_p2p.speech.clip_folder import ClipFolder, FolderChange
 from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
+from flava_p2p.task import TaskCard, apply_task, load_task
 from flava_p2p.wire.messages import DpInfo
 
 log = structlog.get_logger("flava.node")
@@ -87,6 +89,7 @@ class NodeRunner:
             else None
         )
         self._kernel_filtered: list[tuple[str, int]] = []
+        self.task: TaskCard | None = None
 
     # ------------------------------------------------------------------ setup
     def _load_identity(self) -> Identity:
@@ -96,25 +99,80 @@ class NodeRunner:
         return load_keystore(resolve(self.home, self.cfg.identity.keystore), passphrase)
 
     def _load_data(self) -> tuple[FeatureSet, FeatureSet | None]:
+        """First scan of the node's clips (``data.root`` and the inbox) and its eval set."""
         cfg = self.cfg
         root = resolve(self.home, cfg.data.root)
         cache = resolve(self.home, cfg.data.cache_dir or Path("cache"))
         threads = cfg.training.threads
-        fs = load_features(scan_corpus(root), cfg.features, cache_dir=cache, threads=threads)
-        train = fs.split("train")
+        if self.task is None:
+            scan_corpus(root)  # without a card the folders name the labels: they must exist
+        inbox = resolve(self.home, cfg.data.inbox)
+        inbox.mkdir(parents=True, exist_ok=True)
+        labels = self.task.labels if self.task else None
+        self.clips = ClipFolder([root, inbox], labels, cfg.features, cache, threads)
+        first = self.clips.scan()
+        self._report_folder(first, initial=True)
+        fs = self.clips.feature_set(None)
         evaluation = fs.split("validation") if len(fs.split("validation")) else None
         if cfg.data.eval_root is not None:
-            ev_scan = scan_corpus(resolve(self.home, cfg.data.eval_root))
+            ev_scan = scan_corpus(resolve(self.home, cfg.data.eval_root), labels=labels)
             ev = load_features(ev_scan, cfg.features, cache_dir=cache, threads=threads)
-            if ev.label_names != train.label_names:
+            if ev.label_names != self.clips.labels:
                 raise FlavaError(
                     f"data.eval_root labels {ev.label_names} differ from the training labels "
-                    f"{train.label_names}; both folders need the same label sub-folders."
+                    f"{self.clips.labels}; both folders need the same label sub-folders (or "
+                    f"use a task card, which fixes the labels)."
                 )
             evaluation = ev
+        return self._train_view(), evaluation
+
+    def _train_view(self) -> FeatureSet:
+        train = self.clips.feature_set("train")
         if self.attack is not None and self.attack.name == "label_flip":
             train.labels = torch_tensor(flip_labels(train.labels.numpy(), len(train.label_names)))
-        return train, evaluation
+        return train
+
+    def _report_folder(self, change: FolderChange, initial: bool = False) -> None:
+        """Log what a scan found: new/removed clips, unusable files, non-label folders."""
+        for path, reason in list(change.rejected.items())[:5]:
+            log.warning("clip rejected", file=path, reason=reason)
+        self.counters["clips_rejected"] = self.counters.get("clips_rejected", 0) + len(
+            change.rejected
+        )
+        if initial and self.clips.unknown_labels:
+            log.warning(
+                "folders that are not labels of the task are ignored",
+                folders=self.clips.unknown_labels,
+                labels=self.clips.labels,
+            )
+        if change.changed and not initial:
+            log.info(
+                "data changed",
+                added=change.added,
+                removed=change.removed,
+                clips=sum(self.clips.counts().values()),
+            )
+
+    async def _watch_loop(self, period: float) -> None:
+        """Rescan the data folders; new clips join training without a restart."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                # On the training thread: a rescan never races a training burst.
+                change = await loop.run_in_executor(self._executor, self._rescan)
+                self._report_folder(change)
+            except Exception:  # a bad folder must not stop the node; it is logged
+                log.exception("rescanning the data folder failed")
+                self._count("rescan_failed")
+
+    def _rescan(self) -> FolderChange:
+        change = self.clips.scan()
+        if change.changed:
+            self.train_set = self._train_view()
+            new = self.trainer.update_data(self.train_set)
+            self.counters["clips_new_budget"] = self.counters.get("clips_new_budget", 0) + new
+        return change
 
     async def run(self) -> None:
         """Start everything, serve until SIGINT/SIGTERM or :meth:`stop`, then shut down cleanly."""
@@ -124,17 +182,11 @@ class NodeRunner:
         cfg = self.cfg
         self.identity = self._load_identity()
         bind_node(self.identity.peer_id_str)
+        self.task = load_task(resolve(self.home, cfg.task)) if cfg.task is not None else None
+        if self.task is not None:
+            cfg = self.cfg = apply_task(cfg, self.task)
         self.train_set, self.eval_set = self._load_data()
-        self.trainer = LocalTrainer(
-            self.train_set,
-            model_cfg=cfg.model,
-            feature_cfg=cfg.features,
-            training=cfg.training,
-            privacy=cfg.privacy,
-            seed=cfg.seed,
-            genesis_seed=cfg.network.genesis_seed,
-            checkpoint_path=self.home / "model.ckpt",
-        )
+        self.trainer = self._make_trainer()
         _, _, n_feat, n_frames = self.train_set.features.shape
         genesis = genesis_model(
             cfg.model, len(self.train_set.label_names), n_feat, n_frames, cfg.network.genesis_seed
@@ -147,22 +199,8 @@ class NodeRunner:
         self.state.seq_reserved = first_seq + SEQ_BLOCK
         self.state.save(state_path)
 
-        host, port, _ = parse_multiaddr(cfg.network.listen)
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self._on_datagram, self._count), local_addr=(host, port)
-        )
-        self.sock = self.transport.get_extra_info("socket")
-        bound_port = int(self.transport.get_extra_info("sockname")[1])
-        self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
-        self.beacon_transport: asyncio.DatagramTransport | None = None
-        if cfg.network.multicast_beacons:
-            group = parse_group(cfg.network.beacon_group)
-            enable_multicast_send(self.sock, cfg.network.beacon_interface)
-            sock = open_beacon_socket(group, cfg.network.beacon_interface)
-            self.beacon_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self._on_datagram, self._count), sock=sock
-            )
+        await self._open_sockets(loop)
         self.core = self._build_core(genesis_vec, first_seq)
         self.core_loop = CoreLoop(
             self.core,
@@ -202,6 +240,8 @@ class NodeRunner:
         tasks = [asyncio.create_task(self._save_loop())]
         if self.net_attacker is not None:
             tasks.append(asyncio.create_task(self._network_attack_loop()))
+        if cfg.data.watch_period_s is not None:
+            tasks.append(asyncio.create_task(self._watch_loop(cfg.data.watch_period_s)))
         try:
             await self._stop.wait()
         finally:
@@ -209,6 +249,40 @@ class NodeRunner:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._shutdown()
+
+    async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The gossip socket (and the beacon socket when multicast discovery is on)."""
+        net = self.cfg.network
+        host, port, _ = parse_multiaddr(net.listen)
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self._on_datagram, self._count), local_addr=(host, port)
+        )
+        self.sock = self.transport.get_extra_info("socket")
+        bound_port = int(self.transport.get_extra_info("sockname")[1])
+        self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
+        self.beacon_transport: asyncio.DatagramTransport | None = None
+        if net.multicast_beacons:
+            group = parse_group(net.beacon_group)
+            enable_multicast_send(self.sock, net.beacon_interface)
+            sock = open_beacon_socket(group, net.beacon_interface)
+            self.beacon_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self._on_datagram, self._count), sock=sock
+            )
+
+    def _make_trainer(self) -> LocalTrainer:
+        cfg = self.cfg
+        return LocalTrainer(
+            self.train_set,
+            model_cfg=cfg.model,
+            feature_cfg=cfg.features,
+            training=cfg.training,
+            privacy=cfg.privacy,
+            seed=cfg.seed,
+            genesis_seed=cfg.network.genesis_seed,
+            checkpoint_path=self.home / "model.ckpt",
+            task=self.task.ident if self.task else None,
+            allow_empty=True,
+        )
 
     def _build_core(self, genesis_vec: Vec, first_seq: int) -> NodeCore:
         """The sans-I/O core with this node's wire, keys, resumed model, round and view."""

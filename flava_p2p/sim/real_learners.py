@@ -196,5 +196,3 @@ def _partition(
     if sc.data.partition == "iid":
         return partition.iid(len(labels), n, seed=seed)
     return partition.dirichlet(labels, n, sc.data.alpha, seed=seed)
-
-

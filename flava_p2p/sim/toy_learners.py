@@ -130,5 +130,3 @@ class StaticLearners(OneByOne):
     def epsilon(self, i: int) -> float | None:
         """Not private: no data is touched."""
         return None
-
-

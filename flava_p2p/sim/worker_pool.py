@@ -105,5 +105,3 @@ def _worker_main(conn: Any, payload: str, seed: int, own: list[int]) -> None:
             )
         except Exception as exc:
             conn.send(exc)
-
-

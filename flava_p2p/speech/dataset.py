@@ -56,6 +56,8 @@ class ScanResult:
     labels: list[str]
     background: list[Path] = field(default_factory=list)
     has_lists: bool = False
+    unknown_labels: dict[str, int] = field(default_factory=dict)
+    """Folders that are not a label of the task card → audio files in them (not used)."""
 
 
 def scan_corpus(
@@ -63,8 +65,15 @@ def scan_corpus(
     holdout_speakers: float = 0.0,
     seed: int = 0,
     test_speakers: list[str] | None = None,
+    labels: list[str] | None = None,
+    allow_empty: bool = False,
 ) -> ScanResult:
     """Find every audio file and assign it a label, speaker and split.
+
+    ``labels`` (a task card's ordered list) fixes the label set and order: folders that are not
+    among them are counted in ``unknown_labels`` and skipped, labels without a folder are
+    simply absent. Without it, every folder is a label (sorted). ``allow_empty`` accepts a
+    folder with no clips yet (a node waiting for its owner's recordings).
 
     With list files, they decide the split. Without them, a ``holdout_speakers`` fraction of
     speakers (or, when ≥ 1, that many speakers; seeded choice) is split evenly into validation
@@ -78,27 +87,26 @@ def scan_corpus(
             f"layout (<root>/<label>/<speaker>_nohash_<n>.wav), or make one with "
             f"`flava-sim dataset synth --out {root}`."
         )
-    labels = sorted(
-        d.name
-        for d in root.iterdir()
-        if d.is_dir() and d.name != BACKGROUND_DIR and not d.name.startswith(".")
-    )
-    if not labels:
+    folders, unknown = _label_folders(root, labels)
+    if labels is None:
+        labels = folders
+    if not labels and not allow_empty:
         raise DatasetError(f"{root}: no label folders found (expected <root>/<label>/*.wav).")
     val_list = _read_list(root / "validation_list.txt")
     test_list = _read_list(root / "testing_list.txt")
     has_lists = bool(val_list or test_list)
 
     found: list[tuple[Path, str, str, str]] = []
-    for label in labels:
+    for label in folders:
         for path in sorted((root / label).iterdir()):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
             m = _SPEAKER_RE.match(path.stem)
             speaker = m.group("speaker") if m else path.stem
             found.append((path, label, speaker, f"{label}/{path.name}"))
-    if not found:
-        raise DatasetError(f"{root}: label folders contain no .wav or .flac files.")
+    if not found and not allow_empty:
+        hint = f" Folders that are not labels of the task: {sorted(unknown)}." if unknown else ""
+        raise DatasetError(f"{root}: label folders contain no .wav or .flac files.{hint}")
 
     held_val, held_test = _held_out_speakers(
         root, found, has_lists, holdout_speakers, seed, test_speakers
@@ -118,7 +126,24 @@ def scan_corpus(
         if (root / BACKGROUND_DIR).is_dir()
         else []
     )
-    return ScanResult(root, utterances, labels, background, has_lists)
+    return ScanResult(root, utterances, list(labels), background, has_lists, unknown)
+
+
+def _label_folders(root: Path, labels: list[str] | None) -> tuple[list[str], dict[str, int]]:
+    """Label folders to read (in label order) and the non-label folders with their clip counts."""
+    folders = sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and d.name != BACKGROUND_DIR and not d.name.startswith(".")
+    )
+    if labels is None:
+        return folders, {}
+    unknown = {
+        name: sum(1 for p in (root / name).iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+        for name in folders
+        if name not in labels
+    }
+    return [name for name in labels if (root / name).is_dir()], unknown
 
 
 def _held_out_speakers(
@@ -181,6 +206,8 @@ class FeatureSet:
     """Clips run through the front end by the load that made this set (cache misses)."""
     cache_hits: int = 0
     """Clips whose features came from the cache."""
+    digests: list[bytes] = field(default_factory=list)
+    """SHA-256 of each clip's file bytes (its identity for per-clip privacy accounting)."""
 
     def subset(self, idx: np.ndarray | list[int]) -> FeatureSet:
         """Rows ``idx`` as a new FeatureSet (shares no storage with the original)."""
@@ -193,6 +220,24 @@ class FeatureSet:
             [self.paths[i] for i in ix.tolist()],
             self.label_names,
             {},
+            digests=[self.digests[i] for i in ix.tolist()] if self.digests else [],
+        )
+
+    @staticmethod
+    def concat(parts: list[FeatureSet]) -> FeatureSet:
+        """Rows of ``parts`` in order (they must share the label list)."""
+        names = parts[0].label_names
+        if any(p.label_names != names for p in parts):
+            raise DatasetError("cannot join feature sets with different label lists")
+        return FeatureSet(
+            torch.cat([p.features for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            [s for p in parts for s in p.speakers],
+            [s for p in parts for s in p.splits],
+            [s for p in parts for s in p.paths],
+            names,
+            {},
+            digests=[d for p in parts for d in p.digests],
         )
 
     def split(self, which: Split) -> FeatureSet:
@@ -228,6 +273,7 @@ def load_features(
         store.close()
 
     kept: list[Utterance] = []
+    kept_digests: list[bytes] = []
     rows: list[np.ndarray] = []
     hits = 0
     for utt, digest in zip(scan.utterances, digests, strict=True):
@@ -240,6 +286,7 @@ def load_features(
             skipped[str(utt.path)] = _reason_for(utt.path, entry)
             continue
         kept.append(utt)
+        kept_digests.append(digest)
         rows.append(entry)
     if skipped:
         for path, reason in list(skipped.items())[:5]:
@@ -250,6 +297,7 @@ def load_features(
     fs = _feature_set(features.contiguous(), kept, scan, skipped)
     fs.encoded = sum(1 for v in new.values() if not isinstance(v, str))
     fs.cache_hits = hits
+    fs.digests = kept_digests
     return fs
 
 
