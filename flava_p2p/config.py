@@ -333,6 +333,12 @@ class PrivacyConfig(_Strict):
     planned_steps: int = Field(default=2000, ge=1)
     """σ is chosen once so that ``planned_steps`` DP-SGD steps spend exactly the target ε."""
     accountant: Accountant = "rdp"
+    sample_rate: float | None = Field(default=None, gt=0, le=1)
+    """Poisson rate q: the chance each clip joins each step's batch. null: batch_size / the
+    number of clips when training first starts (as Opacus derives it). Nodes whose data grows
+    (continuous learning) should set it: q and σ are fixed for the node's life, and the noised
+    gradient sum is then divided by training.batch_size (a public constant), so pick
+    q ≈ batch_size / the clips you expect to hold."""
     message_noise_multiplier: float | None = Field(default=None, gt=0)
     """z for optional message-level noise: each outgoing delta is clipped to ``message_clip``
     and gets N(0, z²C²); node-level (ε, δ) accounted separately over all releases. None: off."""

@@ -102,6 +102,60 @@ class TestDeterminism:
         a = (tmp_path / "a" / "metrics.jsonl").read_bytes()
         assert a == (tmp_path / "b" / "metrics.jsonl").read_bytes()
 
+    def test_clips_arrive_over_time_and_retire(self, tiny_corpus: Path, tmp_path: Path) -> None:
+        """Clips arriving by schedule: the clips present grow, clips retire once their budget
+        is spent, no clip's ε passes the bound, each node holds only its label subset, and
+        two worker processes give the same bytes as one."""
+        common = {
+            "nodes": 3,
+            "rounds": 8,
+            "data": {
+                "corpus": str(tiny_corpus),
+                "partition": "iid",
+                "cache_dir": None,
+                "label_fraction": 0.5,
+                "arrival": {"initial": 0.5, "schedule": [[15, 0.75], [25, 1.0]]},
+            },
+            "privacy": {"epsilon": 4.0, "planned_steps": 30, "sample_rate": 0.3},
+            "metrics": {"plots": True},
+        }
+        learner = {"kind": "real", "threads": 1, "train_seconds": 1.0}
+        sc = scenario(**common, learner={**learner, "workers": 1})
+        summary = run_scenario(sc, tmp_path / "a")
+        recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+        present = [r["data"]["clips_present"] for r in recs]
+        assert present == sorted(present) and present[0] < present[-1]
+        assert present[-1] == recs[-1]["data"]["clips_total"]
+        assert recs[0]["data"]["clips_retired"] == 0 < recs[-1]["data"]["clips_retired"]
+        assert all((r["epsilon_max"] or 0) <= 4.0 for r in recs)
+        assert summary["data"]["clips_retired"] == recs[-1]["data"]["clips_retired"]
+        assert (tmp_path / "a" / "arrival.png").stat().st_size > 0
+        run_scenario(scenario(**common, learner={**learner, "workers": 2}), tmp_path / "b")
+        assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (
+            tmp_path / "b" / "metrics.jsonl"
+        ).read_bytes()
+
+    def test_label_subsets_hold_only_some_labels(self, tiny_corpus: Path) -> None:
+        """label_fraction 0.5: every node's clips cover half of the labels (seeded)."""
+        from flava_p2p.sim.real_learners import RealLearners
+
+        sc = scenario(
+            nodes=3,
+            rounds=1,
+            data={
+                "corpus": str(tiny_corpus),
+                "partition": "iid",
+                "cache_dir": None,
+                "label_fraction": 0.5,
+            },
+            learner={"kind": "real", "threads": 1},
+        )
+        learners = RealLearners(sc, seed=0)
+        n = learners.n_classes
+        for t in learners.trainers.values():
+            held = set(t._y.tolist())
+            assert 1 <= len(held) <= max(1, round(n / 2))
+
 
 class TestNetworkModel:
     def test_partition_cuts_then_heals(self) -> None:

@@ -187,9 +187,13 @@ class LocalTrainer:
 
     def _plan_ledger(self) -> PrivacyLedger:
         """Fix σ, q and the gradient divisor for the node's life, from its first clips."""
-        self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
-        expected = int(self.n_train * self.sample_rate)  # exactly as Opacus computes it
-        self.ledger = PrivacyLedger.plan(self.privacy, self.sample_rate, float(expected))
+        if self.privacy.sample_rate is not None:
+            self.sample_rate = self.privacy.sample_rate
+            expected = float(self.training.batch_size)
+        else:
+            self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
+            expected = float(int(self.n_train * self.sample_rate))  # as Opacus computes it
+        self.ledger = PrivacyLedger.plan(self.privacy, self.sample_rate, expected)
         self._sync_optimizer()
         return self.ledger
 
@@ -332,12 +336,14 @@ class LocalTrainer:
         return torch.tensor([self.ledger.remaining(c) for c in clips], dtype=torch.int64)
 
     def _schedule_age(self, clips: list[bytes] | None) -> float:
-        """Mean age of the clips still in training (the node's steps when untracked)."""
+        """Mean age of the node's clips, retired ones included (the node's steps when
+        untracked): how much of the data's total budget is spent. New clips lower it a little;
+        counting only the live clips would restart the schedule — and its large, noisy steps —
+        every time a cohort retires."""
         assert self.ledger is not None
         if clips is None:
             return self.ledger.steps
-        live = [self.ledger.ages.get(c, 0) for c in clips if self.ledger.remaining(c) > 0]
-        return sum(live) / len(live) if live else self.ledger.steps
+        return sum(self.ledger.ages.get(c, 0) for c in clips) / max(1, len(clips))
 
     def _closed_form_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One DP-SGD step of a linear head without Opacus' hooks (same math, same noise)."""

@@ -32,6 +32,36 @@ def plot_accuracy(runs: Sequence[tuple[str, list[dict[str, Any]]]], path: Path) 
     return path
 
 
+def plot_arrival(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Continuous learning: accuracy over time (top) against the clips that have arrived and
+    the clips whose privacy budget is spent (bottom), plus the worst clip's ε."""
+    rows = [r for r in records if r.get("data") and r.get("honest_mean_acc") is not None]
+    t = [r["t"] for r in rows]
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax.plot(t, [r["honest_mean_acc"] for r in rows], label="honest mean")
+    ax.plot(t, [r["honest_worst_acc"] for r in rows], "--", label="honest worst")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.plot(t, [r["data"]["clips_present"] for r in rows], label="clips arrived")
+    bx.plot(t, [r["data"]["clips_retired"] for r in rows], label="clips retired (budget spent)")
+    bx.set_ylabel("clips (all nodes)")
+    bx.set_xlabel("virtual time (s)")
+    bx.grid(alpha=0.3)
+    eps = [r.get("epsilon_max") for r in rows]
+    if any(e is not None for e in eps):
+        ex = bx.twinx()
+        ex.plot(t, [e or 0.0 for e in eps], color="tab:red", alpha=0.6, label="worst clip ε")
+        ex.set_ylabel("worst clip ε", color="tab:red")
+        ex.set_ylim(bottom=0)
+    bx.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path) -> Path:
     """Final honest accuracy (mean and worst) against the example-level ε target (∞ = no DP)."""
     finite = sorted((e, m, w) for e, m, w in points if e is not None)

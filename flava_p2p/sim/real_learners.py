@@ -9,6 +9,7 @@ node. With ``learner.workers > 1`` the trainers live in worker processes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from flava_p2p.errors import FlavaError
 from flava_p2p.sim.learners import label_flippers, node_privacy
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.sim.worker_pool import WorkerPool
+from flava_p2p.speech.dataset import FeatureSet
+from flava_p2p.task import load_task
 from flava_p2p.wire.messages import DpInfo
 
 log = structlog.get_logger(__name__)
@@ -74,43 +77,31 @@ class RealLearners:
         torch.set_num_threads(sc.learner.threads)
         _quiet_known_warnings()
         root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
+        task = load_task(sc.data.task) if sc.data.task else None
+        labels = task.labels if task else None
         # Clips are encoded once, here, before any worker starts (workers hit the cache): use
         # every core for it.
         enc_threads = (os.cpu_count() or 1) if own is None else 1
         fs = load_features(
-            scan_corpus(root), sc.data.features, cache_dir=sc.data.cache_dir, threads=enc_threads
+            scan_corpus(root, labels=labels),
+            sc.data.features,
+            cache_dir=sc.data.cache_dir,
+            threads=enc_threads,
         )
         train = fs.split("train")
-        if sc.data.eval_corpus is not None:
-            test = load_features(
-                scan_corpus(sc.data.eval_corpus),
-                sc.data.features,
-                cache_dir=sc.data.cache_dir,
-                threads=enc_threads,
-            )
-            if test.label_names != fs.label_names:
-                raise FlavaError(
-                    f"data.eval_corpus {sc.data.eval_corpus}: labels {test.label_names} differ "
-                    f"from the training corpus' {fs.label_names}; both need the same label "
-                    f"folders."
-                )
-        elif sc.data.eval_split == "heldout":
-            test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
-        else:
-            test = fs.split("test")
-            if len(test) == 0:
-                test = fs.split("validation")
-        if len(test) == 0:
-            raise FlavaError(
-                f"{root}: no held-out speakers (testing_list.txt/validation_list.txt); the "
-                f"simulator measures accuracy on them. Regenerate with `flava-sim dataset synth`."
-            )
-        if sc.metrics.eval_examples is not None and len(test) > sc.metrics.eval_examples:
-            pick = np.random.default_rng(seed).permutation(len(test))[: sc.metrics.eval_examples]
-            test = test.subset(np.sort(pick))
+        test = _held_out(sc, fs, root, labels, enc_threads, seed)
         self.test = test
         self.n_classes = len(fs.label_names)
         parts = _partition(sc, train.speakers, train.labels.numpy(), seed)
+        if sc.data.label_fraction < 1:
+            parts = _label_subsets(parts, train.labels.numpy(), self.n_classes, sc, seed)
+        #: Per node: its clips in arrival order and when each arrives (virtual seconds).
+        self._arrivals = _arrival_times(sc, parts, seed) if sc.data.arrival else None
+        self._shown: dict[int, int] = {}
+        self.clips_per_node = [len(p) for p in parts]
+        self.retired: dict[int, int] = {}
+        self.now = 0.0
+        self.clock: Callable[[], float] | None = None
         flippers = label_flippers(sc)
         model_cfg = ModelConfig(
             name=sc.learner.model, width=sc.learner.width, pooling=sc.learner.pooling
@@ -120,12 +111,14 @@ class RealLearners:
         if own is None:
             own = list(range(len(parts))) if workers == 1 else [0]  # node 0: genesis/schema
         self.trainers: dict[int, LocalTrainer] = {}
+        self._local: dict[int, FeatureSet] = {}
         for i in own:
             local = train.subset(parts[i])
             if i in flippers:
                 local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
+            self._local[i] = local
             self.trainers[i] = LocalTrainer(
-                local,
+                self._visible(i, 0.0),
                 model_cfg=model_cfg,
                 feature_cfg=sc.data.features,
                 training=sc.learner.training,
@@ -133,6 +126,8 @@ class RealLearners:
                 seed=seed * 100_003 + i,
                 genesis_seed=seed,
                 noise_seed=seed * 100_003 + i,  # reproducible runs; a real node uses OS entropy
+                task=task.ident if task else None,
+                allow_empty=self._arrivals is not None,
             )
         first = self.trainers[own[0]]
         self.genesis = first.get_flat()
@@ -147,19 +142,57 @@ class RealLearners:
         """K DP-SGD steps of node ``i``'s own trainer, from the merged model."""
         return self.train_many([(i, model)])[i]
 
-    def train_many(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
-        """Several nodes' bursts (in parallel when there are worker processes)."""
+    def train_many(
+        self, jobs: list[tuple[int, Vec]], now: float | None = None
+    ) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Several nodes' bursts (in parallel when there are worker processes), each on the
+        clips that have reached it by virtual time ``now`` (default: the simulation clock)."""
+        if now is None:
+            now = self.clock() if self.clock is not None else self.now
+        self.now = now
         if self._pool is not None:
-            out = self._pool.run(jobs)
+            out, retired = self._pool.run(jobs, now)
+            self.retired.update(retired)
         else:
             out = {}
             for i, model in jobs:
-                fit = self.trainers[i].fit(model, self._steps)
+                trainer = self.trainers[i]
+                if self._arrivals is not None:
+                    n = self._arrived(i, now)
+                    if n != self._shown.get(i, -1):
+                        trainer.update_data(self._visible(i, now))
+                fit = trainer.fit(model, self._steps)
                 dp = DpInfo(fit.report.epsilon, fit.report.delta)
                 out[i] = (fit.weights, fit.samples, dp)
+                self.retired[i] = trainer.retired_clips
         for i, (_, _, dp) in out.items():
             self._eps[i] = dp.example_epsilon
         return out
+
+    def _arrived(self, i: int, now: float) -> int:
+        """How many of node ``i``'s clips have arrived by ``now``."""
+        if self._arrivals is None:
+            return self.clips_per_node[i]
+        return int(np.searchsorted(self._arrivals[i][1], now, side="right"))
+
+    def _visible(self, i: int, now: float) -> FeatureSet:
+        """Node ``i``'s clips that have arrived by ``now`` (all without an arrival model)."""
+        local = self._local[i]
+        if self._arrivals is None:
+            return local
+        n = self._arrived(i, now)
+        self._shown[i] = n
+        return local.subset(np.sort(self._arrivals[i][0][:n]))
+
+    def data_stats(self) -> dict[str, int]:
+        """Clips arrived at the honest and Byzantine nodes so far, and clips retired."""
+        return {
+            "clips_present": sum(
+                self._arrived(i, self.now) for i in range(len(self.clips_per_node))
+            ),
+            "clips_total": sum(self.clips_per_node),
+            "clips_retired": sum(self.retired.values()),
+        }
 
     def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:
         """Held-out accuracy of every given model."""
@@ -182,6 +215,89 @@ class RealLearners:
         """Stop the worker processes."""
         if self._pool is not None:
             self._pool.close()
+
+
+def _held_out(
+    sc: Scenario,
+    fs: FeatureSet,
+    root: Path,
+    labels: list[str] | None,
+    enc_threads: int,
+    seed: int,
+) -> FeatureSet:
+    """The clips every node is scored on: another corpus, or the corpus' held-out speakers."""
+    from flava_p2p.speech.dataset import load_features, scan_corpus
+
+    if sc.data.eval_corpus is not None:
+        test = load_features(
+            scan_corpus(sc.data.eval_corpus, labels=labels),
+            sc.data.features,
+            cache_dir=sc.data.cache_dir,
+            threads=enc_threads,
+        )
+        if test.label_names != fs.label_names:
+            raise FlavaError(
+                f"data.eval_corpus {sc.data.eval_corpus}: labels {test.label_names} differ "
+                f"from the training corpus' {fs.label_names}; both need the same label "
+                f"folders."
+            )
+    elif sc.data.eval_split == "heldout":
+        test = fs.subset([i for i, split in enumerate(fs.splits) if split != "train"])
+    else:
+        test = fs.split("test")
+        if len(test) == 0:
+            test = fs.split("validation")
+    if len(test) == 0:
+        raise FlavaError(
+            f"{root}: no held-out speakers (testing_list.txt/validation_list.txt); the "
+            f"simulator measures accuracy on them. Regenerate with `flava-sim dataset synth`."
+        )
+    if sc.metrics.eval_examples is not None and len(test) > sc.metrics.eval_examples:
+        pick = np.random.default_rng(seed).permutation(len(test))[: sc.metrics.eval_examples]
+        test = test.subset(np.sort(pick))
+    return test
+
+
+def _label_subsets(
+    parts: list[npt.NDArray[np.int64]],
+    labels: npt.NDArray[np.int64],
+    n_classes: int,
+    sc: Scenario,
+    seed: int,
+) -> list[npt.NDArray[np.int64]]:
+    """Each node keeps only its clips of a seeded random ``label_fraction`` of the labels."""
+    k = max(1, round(sc.data.label_fraction * n_classes))
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for part in parts:
+        keep = rng.choice(n_classes, size=k, replace=False)
+        out.append(part[np.isin(labels[part], keep)])
+    return out
+
+
+def _arrival_times(
+    sc: Scenario, parts: list[npt.NDArray[np.int64]], seed: int
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]:
+    """Per node: its clip indices (into its own part) in arrival order, and arrival times."""
+    arr = sc.data.arrival
+    assert arr is not None
+    out = []
+    for i, part in enumerate(parts):
+        rng = np.random.default_rng([seed, 11, i])
+        n = len(part)
+        order = rng.permutation(n)
+        first = round(arr.initial * n)
+        times = np.zeros(n)
+        if arr.rate is not None:
+            times[first:] = np.cumsum(rng.exponential(1 / arr.rate, size=n - first))
+        else:
+            assert arr.schedule is not None
+            pts = [(0.0, arr.initial), *arr.schedule]
+            for k in range(first, n):
+                need = (k + 1) / n  # the fraction present once clip k has arrived
+                times[k] = next((t for t, f in pts if f >= need - 1e-12), np.inf)
+        out.append((order.astype(np.int64), times))
+    return out
 
 
 def _partition(

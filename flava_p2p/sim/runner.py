@@ -73,6 +73,8 @@ class Simulation:
             train_delay=sc.learner.train_seconds,
             batch_learner=self.learners.train_many,
         )
+        if hasattr(self.learners, "clock"):
+            self.learners.clock = lambda: self.net.now  # clips arrive over virtual time
         self.identities = [
             Identity.from_seed(hashlib.sha256(f"flava-sim/{self.seed}/{i}".encode()).digest())
             for i in range(n)
@@ -330,6 +332,11 @@ class Simulation:
             "byzantine_graylist_pairs": graylisted_byz,
             "events": dict(sorted(self._events.items())),
         }
+        stats = getattr(self.learners, "data_stats", None)
+        if stats is not None and self.sc.data.arrival is not None:
+            if hasattr(self.learners, "now"):
+                self.learners.now = net.now
+            rec["data"] = stats()
         return rec
 
     # ------------------------------------------------------------------ running
@@ -374,6 +381,10 @@ class Simulation:
                 summary["plots"] = [
                     str(plot_accuracy([(self.sc.name, records)], out / "accuracy.png"))
                 ]
+                if self.sc.data.arrival is not None:
+                    from flava_p2p.sim.plots import plot_arrival
+
+                    summary["plots"].append(str(plot_arrival(records, out / "arrival.png")))
                 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
         return summary
 
@@ -383,7 +394,8 @@ class Simulation:
         reached = next((r["t"] for r in records if (r["honest_mean_acc"] or 0) >= 0.8), None)
         sc = self.sc
         rounds_done = last.get("round_mean", 0.0)
-        return {
+        extra = {"data": last["data"]} if "data" in last else {}
+        return extra | {
             "name": sc.name,
             "seed": self.seed,
             "nodes": sc.nodes,

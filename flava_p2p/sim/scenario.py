@@ -130,8 +130,47 @@ class Topology(_Strict):
     """Edges per new node for ``barabasi_albert``."""
 
 
+class Arrival(_Strict):
+    """Clips reach each node over virtual time, as an owner keeps recording.
+
+    Each node's clips arrive in a seeded random order: ``initial`` of them are there at t = 0,
+    the rest arrive at ``rate`` clips per virtual second (Poisson), or by a ``schedule`` of
+    ``[t, fraction present]`` points. A node trains on what has arrived; every clip gets its
+    own privacy budget (per-clip accounting) and retires when it is spent.
+    """
+
+    initial: float = Field(default=0.25, ge=0, le=1)
+    rate: float | None = Field(default=None, gt=0)
+    schedule: list[tuple[float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Arrival:
+        if (self.rate is None) == (self.schedule is None):
+            raise ValueError("give exactly one of rate or schedule")
+        if self.schedule is not None:
+            ts = [t for t, _ in self.schedule]
+            fr = [f for _, f in self.schedule]
+            if ts != sorted(ts) or any(not 0 <= f <= 1 for f in fr) or fr != sorted(fr):
+                raise ValueError(
+                    "schedule: [t, fraction] points with t and fraction non-decreasing, "
+                    "fraction in [0, 1]"
+                )
+        return self
+
+
 class DataSpec(_Strict):
     """Where node data comes from (real learner)."""
+
+    task: str | None = None
+    """Task card (YAML): its ordered labels define the model (folders not among them are
+    ignored) and its identity enters the schema, as on a real node; the scenario's own
+    ``learner``, ``data.features`` and ``privacy`` still say how nodes train. None: the corpus
+    folders are the labels."""
+    label_fraction: float = Field(default=1.0, gt=0, le=1)
+    """Each node keeps only the clips of a seeded random share of the labels (at least one):
+    devices that recorded only some of the keywords."""
+    arrival: Arrival | None = None
+    """Clips arrive over time (None: every node has all its clips from the start)."""
 
     corpus: str = "data/synth"
     """Speech Commands layout; voiced with espeak-ng on first use if missing (see synth_*)."""

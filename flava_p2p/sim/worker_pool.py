@@ -42,23 +42,28 @@ class WorkerPool:
             if isinstance(msg, BaseException):
                 raise FlavaError(f"simulator training worker failed to start: {msg}")
 
-    def run(self, jobs: list[tuple[int, Vec]]) -> dict[int, tuple[Vec, int, DpInfo]]:
-        """Scatter jobs to their owners, gather every result."""
+    def run(
+        self, jobs: list[tuple[int, Vec]], now: float = 0.0
+    ) -> tuple[dict[int, tuple[Vec, int, DpInfo]], dict[int, int]]:
+        """Scatter jobs to their owners, gather every result (and each node's retired-clip
+        count)."""
         per: list[list[tuple[int, Vec]]] = [[] for _ in range(self.workers)]
         for i, model in jobs:
             per[i % self.workers].append((i, model))
         for conn, batch in zip(self.conns, per, strict=True):
             if batch:
-                conn.send(("train", batch))
+                conn.send(("train", (batch, now)))
         out: dict[int, tuple[Vec, int, DpInfo]] = {}
+        retired: dict[int, int] = {}
         for conn, batch in zip(self.conns, per, strict=True):
             if batch:
                 res = conn.recv()
                 if isinstance(res, BaseException):
                     raise FlavaError(f"simulator training worker failed: {res}")
-                for i, vec, n, eps, delta in res:
+                for i, vec, n, eps, delta, gone in res:
                     out[i] = (vec, n, DpInfo(eps, delta))
-        return out
+                    retired[i] = gone
+        return out, retired
 
     def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:
         """Split the models over the workers; each evaluates its share."""
@@ -99,9 +104,13 @@ def _worker_main(conn: Any, payload: str, seed: int, own: list[int]) -> None:
             if kind == "eval":
                 conn.send(learners.evaluate(body))
                 continue
-            res = learners.train_many(body)
+            jobs, now = body
+            res = learners.train_many(jobs, now)
             conn.send(
-                [(i, v, n, dp.example_epsilon, dp.example_delta) for i, (v, n, dp) in res.items()]
+                [
+                    (i, v, n, dp.example_epsilon, dp.example_delta, learners.retired.get(i, 0))
+                    for i, (v, n, dp) in res.items()
+                ]
             )
         except Exception as exc:
             conn.send(exc)

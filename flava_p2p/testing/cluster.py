@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from flava_p2p.speech.dataset import scan_corpus
+from flava_p2p.speech.dataset import Utterance, scan_corpus
 from flava_p2p.speech.partition import by_speaker
 
 NODE = [sys.executable, "-m", "flava_p2p.cli.node"]
@@ -34,32 +34,38 @@ NODE = [sys.executable, "-m", "flava_p2p.cli.node"]
 def prepare(
     corpus: Path, root: Path, n: int, *, seed: int = 0, overrides: dict[str, Any] | None = None
 ) -> list[Path]:
-    """Create n node homes under ``root``; returns their paths."""
-    root = root.resolve()  # node configs resolve relative paths against their own home
+    """Create n node homes under ``root`` (speaker-partitioned corpus); returns their paths."""
     scan = scan_corpus(corpus)
     train = [u for u in scan.utterances if u.split == "train"]
     test = [u for u in scan.utterances if u.split != "train"]
     parts = by_speaker([u.speaker for u in train], n_parts=n, seed=seed)
+    shares = [[train[j] for j in idx] for idx in parts]
+    return prepare_homes(shares, test, root, labels=scan.labels, seed=seed, overrides=overrides)
+
+
+def prepare_homes(
+    shares: list[list[Utterance]],
+    held_out: list[Utterance],
+    root: Path,
+    *,
+    labels: list[str],
+    seed: int = 0,
+    task: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[Path]:
+    """One node home per share of clips (symlinked into its data folder, so no audio is
+    copied); every node evaluates on ``held_out``. With ``task``, every node is initialised
+    with that card (``flava-node init --task``)."""
+    root = root.resolve()  # node configs resolve relative paths against their own home
     evaldir = root / "eval"
-    _link(test, corpus, evaldir)
+    _link(held_out, evaldir, labels=labels)
     homes = []
-    for i, idx in enumerate(parts):
+    for i, share in enumerate(shares):
         home = root / f"node{i}"
-        subprocess.run(
-            [
-                *NODE,
-                "init",
-                "--home",
-                str(home),
-                "--listen",
-                "/ip4/127.0.0.1/udp/0",
-                "--force",
-                "--json",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        _link([train[j] for j in idx], corpus, home / "data", labels=scan.labels)
+        init = [*NODE, "init", "--home", str(home), "--listen", "/ip4/127.0.0.1/udp/0"]
+        init += ["--force", "--json"] + (["--task", str(task)] if task else [])
+        subprocess.run(init, check=True, capture_output=True)
+        _link(share, home / "data", labels=None if task else labels)
         cfg = yaml.safe_load((home / "node.yaml").read_text())
         cfg["seed"] = seed * 100 + i
         cfg["data"] = {"root": "data", "eval_root": str(evaldir), "cache_dir": None}
@@ -84,7 +90,10 @@ def prepare(
         cfg["privacy"] = {"enabled": True, "target_epsilon": 30.0, "planned_steps": 400}
         cfg["training"]["batch_size"] = 32
         for section, values in (overrides or {}).items():
-            cfg.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                cfg.setdefault(section, {}).update(values)
+            else:
+                cfg[section] = values
         (home / "node.yaml").write_text(yaml.safe_dump(cfg))
         homes.append(home)
     return homes
@@ -102,7 +111,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _link(utts: list[Any], corpus: Path, dest: Path, labels: list[str] | None = None) -> None:
+def _link(utts: list[Any], dest: Path, labels: list[str] | None = None) -> None:
     for label in labels or []:
         (dest / label).mkdir(parents=True, exist_ok=True)
     for u in utts:
