@@ -191,18 +191,24 @@ SCREENS_OFF: dict[str, None] = {
 }
 
 
-FeatureKind = Literal["speech_embedding", "logmel", "mfcc"]
+FeatureKind = Literal["speech_embedding", "logmel", "mfcc", "egemaps", "speech_embedding+egemaps"]
 
 #: The clip window each front end reads when ``clip_seconds`` is not given: the pretrained
 #: encoder sees 1.5 s (10 embeddings; short words centred, with context on both sides), the
 #: learned-from-scratch models the classic 1 s Speech Commands clip.
-DEFAULT_CLIP_SECONDS: dict[str, float] = {"speech_embedding": 1.5, "logmel": 1.0, "mfcc": 1.0}
+DEFAULT_CLIP_SECONDS: dict[str, float] = {
+    "speech_embedding": 1.5,
+    "logmel": 1.0,
+    "mfcc": 1.0,
+    "egemaps": 3.0,
+    "speech_embedding+egemaps": 3.0,
+}
 
 #: Which front ends each registered model reads. Checked when a config is loaded, so a
 #: mismatch is a config error naming both fields, not a shape error deep in torch.
 MODEL_FRONTENDS: dict[str, tuple[str, ...]] = {
-    "embed_linear": ("speech_embedding",),
-    "embed_mlp": ("speech_embedding",),
+    "embed_linear": ("speech_embedding", "egemaps", "speech_embedding+egemaps"),
+    "embed_mlp": ("speech_embedding", "egemaps", "speech_embedding+egemaps"),
     "dscnn": ("logmel", "mfcc"),
     "aligned_linear": ("logmel", "mfcc"),
 }
@@ -238,7 +244,7 @@ class FeatureConfig(_Strict):
 
     @model_validator(mode="after")
     def _encoder_needs(self) -> FeatureConfig:
-        if self.kind == "speech_embedding":
+        if self.kind in ("speech_embedding", "speech_embedding+egemaps"):
             if self.sample_rate != 16000:
                 raise ValueError(
                     "kind speech_embedding runs at sample_rate 16000 (clips at other rates are "

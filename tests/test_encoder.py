@@ -195,3 +195,46 @@ class TestFeatureCache:
         np.testing.assert_allclose(fast.get_flat(), opacus.get_flat(), atol=1e-5)
         assert not np.allclose(fast.get_flat(), w0)
         assert rf.epsilon == ro.epsilon and rf.examples == ro.examples
+
+
+class TestParalinguistic:
+    """eGeMAPS front ends (speech emotion): shapes, determinism, finite values, schema."""
+
+    def _waves(self) -> torch.Tensor:
+        t = np.arange(48000) / 16000
+        rng = np.random.default_rng(0)
+        voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        noise = 0.05 * rng.standard_normal(len(t))
+        return torch.from_numpy(np.stack([voiced, noise]).astype(np.float32))
+
+    def test_egemaps_functionals(self) -> None:
+        from flava_p2p.speech.features import make_frontend
+
+        fe = make_frontend(FeatureConfig(kind="egemaps"))
+        a = fe(self._waves())
+        assert a.shape == (2, 1, 88, 1) and torch.isfinite(a).all()
+        assert torch.equal(a, fe(self._waves()))  # deterministic
+        assert not torch.equal(a[0], a[1])  # a voiced tone and noise differ
+
+    def test_embedding_with_egemaps_appends_to_every_window(self) -> None:
+        from flava_p2p.speech.features import make_frontend
+
+        both = make_frontend(FeatureConfig(kind="speech_embedding+egemaps"))
+        emb = make_frontend(FeatureConfig(kind="speech_embedding", clip_seconds=3.0))
+        x = both(self._waves())
+        e = emb(self._waves())
+        assert x.shape == (2, 1, 96 + 88, e.shape[-1])
+        torch.testing.assert_close(x[:, :, :96], e)
+        tail = x[:, :, 96:]
+        assert torch.equal(tail, tail[..., :1].expand_as(tail))  # same vector in each window
+        # scaled to the clip's mean window norm
+        torch.testing.assert_close(
+            tail[..., 0].norm(dim=2).squeeze(1), e.norm(dim=2).mean(-1).squeeze(1)
+        )
+        card = schema_card(
+            ModelConfig(),
+            FeatureConfig(kind="speech_embedding+egemaps"),
+            ["a", "b"],
+            build_model(ModelConfig(), 2, 184, x.shape[-1]),
+        )
+        assert "eGeMAPS" in card["encoder"] and "speech_embedding" in card["encoder"]

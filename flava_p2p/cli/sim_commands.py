@@ -326,6 +326,13 @@ def _register_centralized(sub: Any) -> None:
         help="train on every speaker of --data and test on every clip of this corpus "
         "(same labels), e.g. synthetic speech in, real recordings out",
     )
+    cen.add_argument(
+        "--task",
+        default=None,
+        metavar="FILE",
+        help="task card: its ordered labels (other folders are ignored) and front end, "
+        "e.g. configs/tasks/speech_emotion.yaml",
+    )
     cen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     cen.add_argument(
         "--threads",
@@ -437,6 +444,12 @@ def _cmd_centralized(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "threads": args.threads,
         }
+        if args.task:
+            from flava_p2p.task import load_task
+
+            card = load_task(args.task)
+            kwargs["labels"] = card.labels
+            kwargs["features"] = card.features
         if args.loso:
             return _centralized_loso(args, kwargs, bar, task, on_progress)
         result = run_centralized(

@@ -64,6 +64,7 @@ def run_centralized(
     augment_multiplicity: int = 1,
     ema_decay: float | None = None,
     features: FeatureConfig | None = None,
+    labels: list[str] | None = None,
     seed: int = 0,
     threads: int = 1,
     momentum: float = 0.9,
@@ -80,7 +81,8 @@ def run_centralized(
     and saved (post-processing, no privacy cost); the last iterate's accuracy is reported too.
     ``holdout_speakers`` ≥ 1 is a number of speakers rather than a fraction. With ``eval_data``
     the model trains on every speaker of ``data`` and is tested on every clip of ``eval_data``
-    (e.g. synthetic speech in, real recordings out); the label sets must match.
+    (e.g. synthetic speech in, real recordings out); the label sets must match. ``labels``
+    (a task card's) fixes the label list and order; other folders are not read.
     """
     start = time.perf_counter()
     try:
@@ -93,11 +95,12 @@ def run_centralized(
         holdout_speakers=0 if eval_data else holdout_speakers,
         seed=seed,
         test_speakers=test_speakers,
+        labels=labels,
     )
     fs = load_features(scan, feature_cfg, threads=threads)
     if eval_data is not None:
         train = fs
-        eval_scan = scan_corpus(eval_data)
+        eval_scan = scan_corpus(eval_data, labels=labels)
         if eval_scan.labels != scan.labels:
             raise FlavaError(
                 f"{eval_data}: labels {eval_scan.labels} differ from the training corpus' "

@@ -227,10 +227,13 @@ def schema_card(
     front end, head, labels, parameter layout), not just as two unequal hashes.
     """
     fc = feature_cfg
-    if fc.kind == "speech_embedding":
+    if fc.kind in ("speech_embedding", "egemaps", "speech_embedding+egemaps"):
         from flava_p2p.speech.encoder import encoder_spec
 
-        encoder = encoder_spec(fc.kind).identity
+        parts = [encoder_spec("speech_embedding").identity] if "speech" in fc.kind else []
+        encoder = " + ".join(
+            [*parts, *(["eGeMAPS v02 (afx-audio)"] if "egemaps" in fc.kind else [])]
+        )
         front = f"{fc.sample_rate} Hz, {fc.clip_seconds:g} s"
     else:
         encoder = "none (learned front end)"

@@ -121,6 +121,7 @@ class LocalTrainer:
         self._data_gen = torch.Generator().manual_seed(seed + 2)
         self._closed_form_wanted = closed_form_dp and privacy.enabled
         self._prepare_inputs(train_set, self._closed_form_wanted)
+        self.n_train = len(self._y)  # identical files count once
         self._batch = max(1, min(training.batch_size, self.n_train))
         # Batches are drawn by indexing the tensors directly: a DataLoader fetches and collates
         # example by example, which cost more than the whole step of a small head.
@@ -237,6 +238,7 @@ class LocalTrainer:
             # sensitivity, so keep the first row of each.
             first = {c: i for i, c in reversed(list(enumerate(self._clips)))}
             if len(first) < len(self._clips):
+                log.info("identical clips train once", rows=len(self._clips), clips=len(first))
                 keep = torch.as_tensor(sorted(first.values()), dtype=torch.int64)
                 self._x, self._y = self._x[keep], self._y[keep]
                 self._clips = [self._clips[i] for i in keep.tolist()]

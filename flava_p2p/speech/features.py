@@ -53,10 +53,14 @@ def frontend_identity(cfg: FeatureConfig) -> str:
     pinned hash and :data:`FRONTEND_VERSION`. Keys the feature cache; two equal identities
     give the same features for the same audio."""
     desc = {"v": FRONTEND_VERSION, "features": cfg.model_dump(mode="json")}
-    if cfg.kind == "speech_embedding":
+    if cfg.kind.startswith("speech_embedding"):
         from flava_p2p.speech.encoder import encoder_spec
 
-        desc["encoder"] = encoder_spec(cfg.kind).identity
+        desc["encoder"] = encoder_spec("speech_embedding").identity
+    if "egemaps" in cfg.kind:
+        from importlib.metadata import version
+
+        desc["egemaps"] = f"afx-audio {version('afx-audio')}"
     blob = json.dumps(desc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -65,6 +69,14 @@ def make_frontend(cfg: FeatureConfig, threads: int = 1) -> Frontend:
     """The front end ``cfg.kind`` (an encoder session uses ``threads`` CPU threads)."""
     if cfg.kind == "speech_embedding":
         return EmbeddingFrontend(cfg, threads)
+    if cfg.kind == "egemaps":
+        from flava_p2p.speech.paralinguistic import EgemapsFrontend
+
+        return EgemapsFrontend(cfg)
+    if cfg.kind == "speech_embedding+egemaps":
+        from flava_p2p.speech.paralinguistic import EmbeddingWithEgemaps
+
+        return EmbeddingWithEgemaps(cfg, threads)
     return FeatureExtractor(cfg)
 
 
