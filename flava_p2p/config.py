@@ -173,6 +173,11 @@ class GossipConfig(_Strict):
     model) has cosine ≈ 0 with everything; honest models of one task point the same way.
     Before agreement (the first rounds, when every model is mostly DP noise) it waits.
     null: off."""
+    train_min_peers: int = Field(default=0, ge=0, le=1024)
+    """Train only while at least this many peers are in the view. A node whose clips cover
+    only some of the task's labels should not spend its privacy budget before it can merge:
+    trained alone, its clips retire early and the peers that train later pull the shared
+    model away from its labels. 0: always train."""
     max_one_sided: float | None = Field(default=0.65, gt=0.5, le=1)
     """Received models that lie on the same side of ours in more than this fraction of the
     coordinates that differ are not merged and count against their sender. An honest model

@@ -61,9 +61,11 @@ NODE_SETTINGS: dict[str, Any] = {
 }
 
 
-def _node_overrides(root: Path) -> dict[str, Any]:
+def _node_overrides(root: Path, min_peers: int = 1) -> dict[str, Any]:
     return {
         "training": NODE_SETTINGS["training"],
+        # No budget spent before a peer is there to merge with (label-subset devices).
+        "gossip": {"train_min_peers": min_peers},
         "data": {
             "root": "data",
             "eval_root": str(root.resolve() / "eval"),
@@ -85,10 +87,16 @@ def run_pair(
     labels: list[str],
     card: Path,
     seconds: float,
+    min_peers: int = 1,
 ) -> list[dict[str, Any]]:
     """Two nodes on ``shares`` for ``seconds``; their final status."""
     homes = prepare_homes(
-        shares, held_out, root, labels=labels, task=card, overrides=_node_overrides(root)
+        shares,
+        held_out,
+        root,
+        labels=labels,
+        task=card,
+        overrides=_node_overrides(root, min_peers),
     )
     cluster = Cluster(homes)
     try:
@@ -135,8 +143,13 @@ def subsets(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.root)
     result: dict[str, Any] = {
         "card": str(card),
-        "disjoint_labels": run_pair(by_label, test, root / "subsets", labels, card, args.seconds),
-        "all_labels": run_pair(by_speaker, test, root / "all", labels, card, args.seconds),
+        "train_min_peers": args.min_peers,
+        "disjoint_labels": run_pair(
+            by_label, test, root / "subsets", labels, card, args.seconds, args.min_peers
+        ),
+        "all_labels": run_pair(
+            by_speaker, test, root / "all", labels, card, args.seconds, args.min_peers
+        ),
     }
     sub = [n["accuracy_all_labels"] or 0.0 for n in result["disjoint_labels"]]
     full = [n["accuracy_all_labels"] or 0.0 for n in result["all_labels"]]
@@ -153,7 +166,7 @@ def arrival(args: argparse.Namespace) -> dict[str, Any]:
     card = write_card(root, labels, args.planned_steps, args.epsilon)
     first, later = train[0::2], train[1::2]
     homes = prepare_homes(
-        [first], test, root, labels=labels, task=card, overrides=_node_overrides(root)
+        [first], test, root, labels=labels, task=card, overrides=_node_overrides(root, 0)
     )
     home = homes[0]
     cluster = Cluster(homes)
@@ -251,6 +264,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="subsets: run time")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--kill-after", type=float, default=10.0)
+    parser.add_argument(
+        "--min-peers", type=int, default=1, help="subsets: gossip.train_min_peers (default 1)"
+    )
     args = parser.parse_args()
     out = subsets(args) if args.experiment == "subsets" else arrival(args)
     print(json.dumps(out, indent=1))

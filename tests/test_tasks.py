@@ -326,3 +326,38 @@ class TestClipFolder:
         assert gone.removed == 1 and folder.removed_since_start == 1
         assert len(folder.feature_set()) == n0 + added - 1
         assert str(victim) not in folder.feature_set().paths
+
+
+class TestTrainMinPeers:
+    def test_no_training_alone_then_training_with_a_peer(self) -> None:
+        """gossip.train_min_peers = 1: a lone node merges nothing and spends no budget (no
+        TrainRequest, counted); once a peer is in its view it trains every round."""
+        from flava_p2p.protocol.node import TrainRequest
+
+        def still(i: int, m: np.ndarray) -> tuple[np.ndarray, int, DpInfo]:
+            return m, 1, DpInfo(None, None)
+
+        cfg = GossipConfig(period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3, train_min_peers=1)
+        net = VirtualNetwork(link=LinkModel(), seed=0, learner=still)
+        for i in range(2):
+            net.add(
+                NodeCore(
+                    Identity.from_seed(bytes([5, i]) * 16),
+                    network_id="t",
+                    genesis=np.zeros(8, np.float32),
+                    schema=b"s" * 32,
+                    gossip=cfg,
+                    rng=random.Random(i),
+                    bootstrap=[],
+                )
+            )
+        net.start()
+        net.run_until(5.0)
+        a, b = net.nodes
+        assert not any(isinstance(e, TrainRequest) for _, _, e in net.events)
+        assert a.counters["train_waiting_for_peers"] >= 3
+        b.bootstrap = [VirtualNetwork.address(0)]  # b learns a's address: they meet
+        b._next_boot = 0.0
+        net.run_until(12.0)
+        assert len(a.view) == 1
+        assert sum(1 for _, i, e in net.events if i == 0 and isinstance(e, TrainRequest)) >= 3

@@ -537,7 +537,10 @@ class NodeCore:
             self.model = aggregate(self.cfg.aggregation, self.model, models, weights, params)
         self.round += 1
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
-        self._events.append(TrainRequest(self.round))
+        if len(self.view) >= self.cfg.train_min_peers:
+            self._events.append(TrainRequest(self.round))
+        else:  # no budget spent alone: see GossipConfig.train_min_peers
+            self._count("train_waiting_for_peers")
 
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
         """Drop received models no honest peer of this task would send (``screens.py``),
