@@ -224,7 +224,7 @@ def arrival(args: argparse.Namespace) -> dict[str, Any]:
         cluster.start(0, bootstrap=[])
         cluster.wait_ready(0)
         after = poll("restarted")
-        end2 = until("after restart", lambda r: r["state"] == "budget_exhausted", args.timeout)
+        until("after restart", lambda r: r["state"] == "budget_exhausted", args.timeout)
         time.sleep(4)  # one more evaluation of the final model
         final = poll("final")
     finally:
@@ -238,7 +238,8 @@ def arrival(args: argparse.Namespace) -> dict[str, Any]:
         "clips_copied_while_running": len(later),
         "accuracy_half_data": acc_half,
         "accuracy_all_data": final["accuracy"],
-        "new_clips_counted_by_status": end2["new_since_start"],
+        # Counted by the process that saw them arrive (a restarted node counts from its start).
+        "new_clips_counted_by_status": max(r["new_since_start"] for r in trace),
         "epsilon_before_kill": before_kill["worst_clip_epsilon"],
         "epsilon_in_checkpoint_after_kill": eps_ckpt,
         "epsilon_after_restart": after["worst_clip_epsilon"],

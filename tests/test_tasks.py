@@ -17,6 +17,7 @@ from flava_p2p.config import (
     PrivacyConfig,
     TrainingConfig,
 )
+from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity
 from flava_p2p.learning.checkpoint import load_checkpoint
 from flava_p2p.learning.ledger import LedgerError, PrivacyLedger
@@ -283,14 +284,40 @@ class TestContinuousTrainer:
         assert t.ledger is not None and t.ledger.epsilon == pytest.approx(eps_retired)
         restored = load_checkpoint(ckpt).ledger
         assert restored is not None and restored.ages == t.ledger.ages
+        # A restarted node (same checkpoint, same clips) resumes every clip's age: the old
+        # half stays retired, nothing gets a fresh budget.
+        again = LocalTrainer(
+            FeatureSet.concat([first, second]),
+            model_cfg=ModelConfig(),
+            feature_cfg=FeatureConfig(),
+            training=TrainingConfig(batch_size=8),
+            privacy=cfg,
+            task=card.ident,
+            checkpoint_path=ckpt,
+        )
+        assert again.ledger is not None and again.ledger.ages == t.ledger.ages
+        assert again.ledger.epsilon == t.ledger.epsilon and again.retired_clips == len(first)
+        np.testing.assert_array_equal(again.get_flat(), t.get_flat())
 
-    def test_empty_start_waits_for_data(self, tiny_corpus: Path) -> None:
+    def test_empty_start_waits_for_data(self, tiny_corpus: Path, tmp_path: Path) -> None:
+        """A node with no clips yet waits; a restart before any clip keeps waiting (its
+        checkpoint says no ledger was planned); a checkpoint that drops a planned ledger is
+        refused."""
         labels = scan_corpus(tiny_corpus).labels
         fs = load_features(scan_corpus(tiny_corpus, labels=labels), FeatureConfig())
-        t = _trainer(fs.subset([]), _card(labels), allow_empty=True)
+        ckpt = tmp_path / "m.ckpt"
+        t = _trainer(fs.subset([]), _card(labels), allow_empty=True, checkpoint_path=ckpt)
         assert str(t.budget_state) == "waiting_for_data" and t.train(5).steps == 0
+        t = _trainer(fs.subset([]), _card(labels), allow_empty=True, checkpoint_path=ckpt)
         t.update_data(fs)
         assert str(t.budget_state) == "training" and t.train(2).steps == 2
+        doc = load_checkpoint(ckpt)
+        assert doc.ledger is not None and doc.meta["dp_planned"] is True
+        from flava_p2p.learning.checkpoint import save_checkpoint
+
+        save_checkpoint(ckpt, type(doc)(doc.meta, doc.weights, None))  # ledger removed
+        with pytest.raises(FlavaError, match="no privacy ledger"):
+            _trainer(fs, _card(labels), checkpoint_path=ckpt)
 
 
 # -------------------------------------------------------------------- watched folder

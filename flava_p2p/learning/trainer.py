@@ -535,6 +535,7 @@ class LocalTrainer:
             "features": self.feature_cfg.model_dump(mode="json"),
             "labels": self.label_names,
             "task": self.task,
+            "dp_planned": self.ledger is not None,
             "schema_hash": self.schema,
         }
 
@@ -559,12 +560,19 @@ class LocalTrainer:
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 p.copy_(torch.from_numpy(ckpt.weights[n]))
-        if self.ledger is not None:
+        if self.privacy.enabled:
             if ckpt.ledger is None:
-                raise FlavaError(f"{path}: checkpoint has no privacy ledger but DP is enabled.")
-            # σ, q and the divisor were fixed for the node's life when the ledger was planned.
-            self.ledger = ckpt.ledger
-            self._sync_optimizer()
+                # Only a node that never trained (no clips yet) saves no ledger, and says so.
+                if ckpt.meta.get("dp_planned") is not False:
+                    raise FlavaError(
+                        f"{path}: checkpoint has no privacy ledger but DP is enabled; the node "
+                        f"will not guess its clips' privacy spend. Restore the checkpoint or "
+                        f"move it away (and the clips it trained on) to start over."
+                    )
+            else:
+                # σ, q and the divisor were fixed for the node's life when it was planned.
+                self.ledger = ckpt.ledger
+                self._sync_optimizer()
         log.info(
             "resumed from checkpoint",
             path=str(path),
