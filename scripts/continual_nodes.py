@@ -90,6 +90,7 @@ def run_pair(
     min_peers: int = 1,
 ) -> list[dict[str, Any]]:
     """Two nodes on ``shares`` for ``seconds``; their final status."""
+    shutil.rmtree(root, ignore_errors=True)  # fresh homes: no checkpoint from an earlier run
     homes = prepare_homes(
         shares,
         held_out,
@@ -163,6 +164,7 @@ def arrival(args: argparse.Namespace) -> dict[str, Any]:
     train = [u for u in scan.utterances if u.split == "train"]
     test = [u for u in scan.utterances if u.split != "train"]
     root = Path(args.root) / "arrival"
+    shutil.rmtree(root, ignore_errors=True)  # a fresh node: no clips, ledger or checkpoint
     card = write_card(root, labels, args.planned_steps, args.epsilon)
     first, later = train[0::2], train[1::2]
     homes = prepare_homes(
