@@ -110,8 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Run this node until SIGINT/SIGTERM. It trains on its own audio (never sent\n"
             "anywhere) with example-level DP-SGD, gossips encrypted deltas to random peers and\n"
             "merges theirs with a Byzantine-robust rule. State (model, privacy ledger, view,\n"
-            "seqno reservation) survives crashes; a restart resumes with the same PeerID and an\n"
-            "ε that never goes backwards. The status API listens on loopback only."
+            "seqno reservation) survives crashes; a restart resumes with the same PeerID and no\n"
+            "clip's ε ever goes backwards. The status API listens on loopback only.\n\n"
+            "Continuous learning: --data and HOME/inbox are rescanned every data.watch_period_s;\n"
+            "new clips are validated, encoded and trained on without a restart, removed clips\n"
+            "leave training, unusable files are counted with their reason. Privacy is accounted\n"
+            "per clip: a clip retires (is never sampled again) when its budget is spent, while\n"
+            "newer clips keep the node learning. With a task card (node.yaml `task:`, see\n"
+            "`flava-node init --task`) the labels are the card's: folders that are not labels\n"
+            "of the card are counted, and peers with another card are refused."
         ),
         epilog=(
             "examples:\n"
