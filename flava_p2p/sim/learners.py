@@ -89,6 +89,16 @@ def make_learners(sc: Scenario, seed: int) -> Learners:
     from flava_p2p.sim.toy_learners import StaticLearners, SyntheticLearners
 
     if sc.learner.kind == "real":
+        from flava_p2p.sim.vector_learners import VectorLearners, vectorisable
+
+        batched = sc.learner.batched
+        if batched and not vectorisable(sc):
+            raise ValueError(
+                "learner.batched: the batched learner covers DP-SGD of embed_linear with mean or "
+                "meanmax pooling on fixed data; set batched: null or false for this scenario"
+            )
+        if batched or (batched is None and vectorisable(sc)):
+            return VectorLearners(sc, seed)
         return RealLearners(sc, seed)
     if sc.learner.kind == "synthetic":
         return SyntheticLearners(sc, seed)

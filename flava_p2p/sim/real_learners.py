@@ -68,6 +68,9 @@ class RealLearners:
     the number of workers: each trainer only ever sees its own inputs.
     """
 
+    #: Build one LocalTrainer per node (False: a batched learner keeps the nodes' state).
+    per_node_trainers = True
+
     def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
         import torch
 
@@ -107,7 +110,10 @@ class RealLearners:
             name=sc.learner.model, width=sc.learner.width, pooling=sc.learner.pooling
         )
         privacy = node_privacy(sc)
+        self._sc, self._seed, self._model_cfg, self._privacy = sc, seed, model_cfg, privacy
         workers = sc.learner.workers if own is None else 1
+        if not self.per_node_trainers:
+            workers = 1  # one batched tensor program; no per-node processes
         if own is None:
             own = list(range(len(parts))) if workers == 1 else [0]  # node 0: genesis/schema
         self.trainers: dict[int, LocalTrainer] = {}
@@ -117,6 +123,8 @@ class RealLearners:
             if i in flippers:
                 local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
             self._local[i] = local
+            if not self.per_node_trainers and i != own[0]:
+                continue  # the batched learner keeps its own state (node 0's trainer: schema)
             self.trainers[i] = LocalTrainer(
                 self._visible(i, 0.0),
                 model_cfg=model_cfg,

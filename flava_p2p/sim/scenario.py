@@ -211,6 +211,10 @@ class LearnerSpec(_Strict):
     )
     threads: int = Field(default=2, ge=1, le=64)
     """torch threads of the simulation process (workers use one each)."""
+    batched: bool | None = None
+    """Train every node's burst in one batched tensor program (``sim/vector_learners.py``:
+    same seeds, same weights to float rounding, same ε as the per-node trainers). None: where
+    the model allows it (DP-SGD of ``embed_linear`` with fixed pooling, no clip arrivals)."""
     workers: int = Field(default=1, ge=1, le=64)
     """Processes training the real model's nodes in parallel (e.g. one per core); needs
     ``train_seconds`` > 0 so that several bursts are in flight at once."""

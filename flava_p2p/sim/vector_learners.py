@@ -1,0 +1,227 @@
+"""Many nodes' DP-SGD steps as one batched tensor program (linear heads over pooled embeddings).
+
+For softmax regression the per-example gradient is an outer product (``learning/linear_dp.py``),
+so a step of N nodes is a handful of batched matrix products over their stacked weights. Each
+node keeps exactly what its own :class:`LocalTrainer` would: its Poisson sampling stream, its
+noise stream (the same seeds), its σ, q and gradient divisor, its momentum buffer, its cosine
+schedule and its privacy ledger. For the same seeds the weights agree with the per-node path to
+float rounding and ε is the same number (``tests/test_vector_learners.py``). Only the arithmetic
+is batched; the random draws stay per node, in the per-node order, so that equality holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from flava_p2p.learning.ledger import PrivacyLedger
+from flava_p2p.learning.models import EmbeddingHead
+from flava_p2p.sim.real_learners import RealLearners
+from flava_p2p.sim.scenario import Scenario
+from flava_p2p.wire.messages import DpInfo
+
+Vec = npt.NDArray[np.float32]
+
+
+@dataclass
+class _Node:
+    x: torch.Tensor  # (n, D) pooled, L2-normalised clip vectors
+    y: torch.Tensor  # (n,)
+    in_norms: torch.Tensor  # (n,) sqrt(‖x‖² + 1)
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    ledger: PrivacyLedger | None
+    q: float
+    expected: float
+    buf_w: torch.Tensor | None = None
+    buf_b: torch.Tensor | None = None
+
+
+def vectorisable(sc: Scenario) -> bool:
+    """Whether the scenario's model allows the batched path: DP-SGD of a linear head with
+    fixed pooling over the frozen encoder, on fixed data (no arrivals). (Non-private training
+    draws shuffled epochs per node and stays on the per-node path.)"""
+    return (
+        sc.learner.kind == "real"
+        and sc.privacy.enabled
+        and sc.learner.model == "embed_linear"
+        and sc.learner.pooling != "attention"
+        and sc.data.arrival is None
+        and sc.learner.training.augment_multiplicity == 1
+    )
+
+
+class VectorLearners(RealLearners):
+    """The ``real`` learner, every node's burst in one batched computation."""
+
+    per_node_trainers = False
+
+    def __init__(self, sc: Scenario, seed: int) -> None:
+        super().__init__(sc, seed)
+        tr = sc.learner.training
+        self._lr, self._momentum = tr.lr, tr.momentum
+        self._cosine = tr.lr_schedule == "cosine"
+        emb_dim = int(next(iter(self._local.values())).features.shape[2])
+        self._head = EmbeddingHead(self.n_classes, emb_dim, self._model_cfg.pooling)
+        self._dim = 2 * emb_dim if self._model_cfg.pooling == "meanmax" else emb_dim
+        plans: dict[float, PrivacyLedger] = {}
+        self._nodes: dict[int, _Node] = {}
+        for i, local in sorted(self._local.items()):
+            self._nodes[i] = self._node_state(i, local, tr.batch_size, plans)
+
+    def _node_state(
+        self, i: int, local: object, batch_size: int, plans: dict[float, PrivacyLedger]
+    ) -> _Node:
+        from flava_p2p.speech.dataset import FeatureSet
+
+        assert isinstance(local, FeatureSet)
+        x, y = local.features, local.labels
+        if local.digests:  # identical files are one clip, exactly as LocalTrainer counts them
+            first = {c: k for k, c in reversed(list(enumerate(local.digests)))}
+            keep = torch.as_tensor(sorted(first.values()), dtype=torch.int64)
+            x, y = x[keep], y[keep]
+        with torch.no_grad():
+            pooled = self._head.pool(x)
+        n = len(y)
+        b = max(1, min(batch_size, n))
+        q = 1 / math.ceil(max(n, 1) / b)
+        expected = float(int(n * q))
+        ledger = None
+        if self._privacy.enabled:
+            if self._privacy.sample_rate is not None:
+                q, expected = self._privacy.sample_rate, float(batch_size)
+            if q not in plans:  # σ depends only on q here: plan once per distinct q
+                plans[q] = PrivacyLedger.plan(self._privacy, q, expected)
+            base = plans[q]
+            ledger = PrivacyLedger(
+                base.accountant,
+                base.delta,
+                base.target_epsilon,
+                base.noise_multiplier,
+                q,
+                base.planned_steps,
+                expected_batch=expected,
+            )
+        seed = self._seed * 100_003 + i
+        return _Node(
+            pooled,
+            y,
+            (pooled.pow(2).sum(1) + 1.0).sqrt(),
+            torch.Generator().manual_seed(seed + 2),
+            torch.Generator().manual_seed(seed),
+            ledger,
+            q,
+            expected,
+        )
+
+    # ------------------------------------------------------------------ training
+    def train_many(
+        self, jobs: list[tuple[int, Vec]], now: float | None = None
+    ) -> dict[int, tuple[Vec, int, DpInfo]]:
+        """Every job's burst, batched over the nodes, step by step."""
+        if not jobs:
+            return {}
+        ids = [i for i, _ in jobs]
+        c, d = self.n_classes, self._dim
+        flat = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for _, m in jobs]))
+        w = flat[:, : c * d].reshape(len(ids), c, d).clone()
+        bias = flat[:, c * d :].clone()
+        plan = [self._plan_burst(self._nodes[i]) for i in ids]
+        k_max = max((k for k, _, _ in plan), default=0)
+        for j in range(k_max):
+            live = [t for t, (k, _, _) in enumerate(plan) if j < k]
+            self._step(ids, live, j, plan, w, bias)
+        out: dict[int, tuple[Vec, int, DpInfo]] = {}
+        for t, i in enumerate(ids):
+            node = self._nodes[i]
+            vec = torch.cat([w[t].reshape(-1), bias[t]]).numpy().copy()
+            eps = node.ledger.epsilon if node.ledger else None
+            delta = node.ledger.delta if node.ledger else None
+            out[i] = (vec, len(node.y), DpInfo(eps, delta))
+            self._eps[i] = eps
+        return out
+
+    def _plan_burst(self, node: _Node) -> tuple[int, float, torch.Tensor | None]:
+        """Steps to take, the schedule position of the first, and the burst's Poisson masks:
+        the same calls, in the same order, as LocalTrainer.train makes."""
+        k = self._steps
+        if node.ledger is None:
+            return k, 0.0, None
+        k = node.ledger.allowed_steps(k)
+        if k == 0:
+            return 0, 0.0, None
+        first = float(node.ledger.steps)
+        node.ledger.charge(k)
+        masks = torch.rand(k, len(node.y), generator=node.data_gen) < node.q
+        return k, first, masks
+
+    @torch.no_grad()
+    def _step(
+        self,
+        ids: list[int],
+        live: list[int],
+        j: int,
+        plan: list[tuple[int, float, torch.Tensor | None]],
+        w: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> None:
+        nodes = [self._nodes[ids[t]] for t in live]
+        rows = []
+        for t in live:
+            masks = plan[t][2]
+            assert masks is not None  # DP only (see vectorisable)
+            rows.append(masks[j].nonzero().view(-1))
+        width = max((len(r) for r in rows), default=0)
+        m, c, d = len(live), self.n_classes, self._dim
+        xb = torch.zeros(m, max(width, 1), d)
+        yb = torch.zeros(m, max(width, 1), dtype=torch.int64)
+        valid = torch.zeros(m, max(width, 1))
+        nb = torch.ones(m, max(width, 1))
+        for a, (node, r) in enumerate(zip(nodes, rows, strict=True)):
+            xb[a, : len(r)] = node.x[r]
+            yb[a, : len(r)] = node.y[r]
+            valid[a, : len(r)] = 1.0
+            nb[a, : len(r)] = node.in_norms[r]
+        wl, bl = w[live], bias[live]
+        z = torch.baddbmm(bl.unsqueeze(1), xb, wl.transpose(1, 2))
+        z = (z - z.amax(2, keepdim=True)).clamp_(min=-80.0)
+        r = z.exp()
+        r.div_(r.sum(2, keepdim=True))
+        r.scatter_add_(2, yb.unsqueeze(2), -valid.unsqueeze(2))
+        r.mul_(valid.unsqueeze(2))
+        clip = self._privacy.max_grad_norm
+        norms = torch.linalg.vector_norm(r, dim=2) * nb
+        r.mul_((clip / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(2))
+        gw = torch.bmm(r.transpose(1, 2), xb)
+        gb = r.sum(1)
+        for a, (t, node) in enumerate(zip(live, nodes, strict=True)):
+            assert node.ledger is not None
+            # Noise per parameter, weight first, from the node's own generator (as Opacus).
+            std = node.ledger.noise_multiplier * clip
+            nw = torch.normal(0.0, std, size=(c, d), generator=node.noise_gen)
+            nbias = torch.normal(0.0, std, size=(c,), generator=node.noise_gen)
+            gw_a = nw.add_(gw[a]).div_(node.expected)
+            gb_a = nbias.add_(gb[a]).div_(node.expected)
+            lr = self._lr_at(node, plan[t][1] + j)
+            if node.buf_w is None or node.buf_b is None:
+                node.buf_w, node.buf_b = gw_a.clone(), gb_a.clone()
+            else:
+                node.buf_w.mul_(self._momentum).add_(gw_a)
+                node.buf_b.mul_(self._momentum).add_(gb_a)
+            w[t].add_(node.buf_w, alpha=-lr)
+            bias[t].add_(node.buf_b, alpha=-lr)
+
+    def _lr_at(self, node: _Node, step: float) -> float:
+        if node.ledger is None or not self._cosine:
+            return self._lr
+        frac = min(1.0, step / max(1, node.ledger.planned_steps))
+        return self._lr * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def epsilon(self, i: int) -> float | None:
+        """ε of node ``i``'s ledger (example-level)."""
+        led = self._nodes[i].ledger
+        return None if led is None else led.epsilon
