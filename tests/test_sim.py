@@ -96,7 +96,14 @@ class TestDeterminism:
             "rounds": 3,
             "data": {"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
         }
-        learner = {"kind": "real", "width": 8, "threads": 1, "train_seconds": 1.0}
+        # batched: false keeps the per-node trainers (the path worker processes run)
+        learner = {
+            "kind": "real",
+            "width": 8,
+            "threads": 1,
+            "train_seconds": 1.0,
+            "batched": False,
+        }
         run_scenario(scenario(**common, learner={**learner, "workers": 1}), tmp_path / "a")
         run_scenario(scenario(**common, learner={**learner, "workers": 2}), tmp_path / "b")
         a = (tmp_path / "a" / "metrics.jsonl").read_bytes()
