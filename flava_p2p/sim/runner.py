@@ -394,7 +394,14 @@ class Simulation:
         reached = next((r["t"] for r in records if (r["honest_mean_acc"] or 0) >= 0.8), None)
         sc = self.sc
         rounds_done = last.get("round_mean", 0.0)
-        extra = {"data": last["data"]} if "data" in last else {}
+        extra: dict[str, Any] = {"data": last["data"]} if "data" in last else {}
+        sizes = getattr(self.learners, "clips_per_node", None)
+        if sizes:
+            extra["clips_per_node"] = {
+                "min": int(min(sizes)),
+                "median": float(np.median(sizes)),
+                "max": int(max(sizes)),
+            }
         return extra | {
             "name": sc.name,
             "seed": self.seed,
