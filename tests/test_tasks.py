@@ -13,7 +13,6 @@ from flava_p2p.config import (
     ConfigError,
     FeatureConfig,
     GossipConfig,
-    ModelConfig,
     PrivacyConfig,
     TrainingConfig,
 )
@@ -74,9 +73,13 @@ class TestTaskCard:
 
 
 # ----------------------------------------------------------------- labels from the card
-def _card(labels: list[str], name: str = "t", eps: float = 8.0) -> TaskCard:
+def _card(labels: list[str], name: str = "t", eps: float = 8.0, planned: int = 2000) -> TaskCard:
     return TaskCard.model_validate(
-        {"name": name, "labels": labels, "privacy": {"target_epsilon": eps}}
+        {
+            "name": name,
+            "labels": labels,
+            "privacy": {"target_epsilon": eps, "planned_steps": planned},
+        }
     )
 
 
@@ -251,23 +254,13 @@ class TestContinuousTrainer:
         arrives (update_data) and training resumes on them only, and the checkpoint keeps
         every clip's age across a restart."""
         labels = scan_corpus(tiny_corpus).labels
-        card = _card(labels)
         fs = load_features(scan_corpus(tiny_corpus, labels=labels), FeatureConfig())
         n = len(fs)
         first, second = fs.subset(list(range(0, n, 2))), fs.subset(list(range(1, n, 2)))
         ckpt = tmp_path / "model.ckpt"
         planned = 12
-        cfg = PrivacyConfig(planned_steps=planned)
-        t = LocalTrainer(
-            first,
-            model_cfg=ModelConfig(),
-            feature_cfg=FeatureConfig(),
-            training=TrainingConfig(batch_size=8),
-            privacy=cfg,
-            task=card.ident,
-            checkpoint_path=ckpt,
-            noise_seed=1,
-        )
+        card = _card(labels, planned=planned)
+        t = _trainer(first, card, checkpoint_path=ckpt, noise_seed=1)
         assert t.train(planned + 5).steps == planned
         assert t.train(3).steps == 0
         assert str(t.budget_state) == "budget_exhausted"
@@ -286,15 +279,7 @@ class TestContinuousTrainer:
         assert restored is not None and restored.ages == t.ledger.ages
         # A restarted node (same checkpoint, same clips) resumes every clip's age: the old
         # half stays retired, nothing gets a fresh budget.
-        again = LocalTrainer(
-            FeatureSet.concat([first, second]),
-            model_cfg=ModelConfig(),
-            feature_cfg=FeatureConfig(),
-            training=TrainingConfig(batch_size=8),
-            privacy=cfg,
-            task=card.ident,
-            checkpoint_path=ckpt,
-        )
+        again = _trainer(FeatureSet.concat([first, second]), card, checkpoint_path=ckpt)
         assert again.ledger is not None and again.ledger.ages == t.ledger.ages
         assert again.ledger.epsilon == t.ledger.epsilon and again.retired_clips == len(first)
         np.testing.assert_array_equal(again.get_flat(), t.get_flat())

@@ -188,12 +188,9 @@ class LocalTrainer:
 
     def _plan_ledger(self) -> PrivacyLedger:
         """Fix σ, q and the gradient divisor for the node's life, from its first clips."""
-        if self.privacy.sample_rate is not None:
-            self.sample_rate = self.privacy.sample_rate
-            expected = float(self.training.batch_size)
-        else:
-            self.sample_rate = 1 / math.ceil(self.n_train / self._batch)
-            expected = float(int(self.n_train * self.sample_rate))  # as Opacus computes it
+        self.sample_rate, expected = sampling_plan(
+            self.n_train, self.training.batch_size, self.privacy
+        )
         self.ledger = PrivacyLedger.plan(self.privacy, self.sample_rate, expected)
         self._sync_optimizer()
         return self.ledger
@@ -233,15 +230,11 @@ class LocalTrainer:
         #: Each row's clip id (SHA-256 of the file) for per-clip accounting; empty when the
         #: set carries none (then every clip counts as present for every step).
         self._clips: list[bytes] = list(train_set.digests)
-        if self._clips:
-            # Identical files are one clip: sampling it twice per step would double its
-            # sensitivity, so keep the first row of each.
-            first = {c: i for i, c in reversed(list(enumerate(self._clips)))}
-            if len(first) < len(self._clips):
-                log.info("identical clips train once", rows=len(self._clips), clips=len(first))
-                keep = torch.as_tensor(sorted(first.values()), dtype=torch.int64)
-                self._x, self._y = self._x[keep], self._y[keep]
-                self._clips = [self._clips[i] for i in keep.tolist()]
+        keep = distinct_clip_rows(self._clips)
+        if keep is not None:
+            log.info("identical clips train once", rows=len(self._clips), clips=len(keep))
+            self._x, self._y = self._x[keep], self._y[keep]
+            self._clips = [self._clips[i] for i in keep.tolist()]
         # Heads over a frozen encoder with fixed pooling see each clip as one pooled vector:
         # pool once here rather than every step (a fixed function of one clip: no privacy cost).
         pooled = self.model.precompute(self._x) if isinstance(self.model, EmbeddingHead) else None
@@ -578,6 +571,26 @@ class LocalTrainer:
             path=str(path),
             epsilon=self.ledger.epsilon if self.ledger else None,
         )
+
+
+def distinct_clip_rows(clips: list[bytes]) -> torch.Tensor | None:
+    """Rows to keep so that identical files count as one clip (the first row of each), or
+    None when every row is a distinct clip. Sampling one clip twice per step would double its
+    sensitivity."""
+    first = {c: i for i, c in reversed(list(enumerate(clips)))}
+    if len(first) == len(clips):
+        return None
+    return torch.as_tensor(sorted(first.values()), dtype=torch.int64)
+
+
+def sampling_plan(n_clips: int, batch_size: int, privacy: PrivacyConfig) -> tuple[float, float]:
+    """(q, divisor) fixed for a node's life: ``privacy.sample_rate`` with ``batch_size`` as the
+    divisor, or, as Opacus derives them, q = 1 / ceil(n / b) and divisor int(n·q)."""
+    if privacy.sample_rate is not None:
+        return privacy.sample_rate, float(batch_size)
+    b = max(1, min(batch_size, n_clips))
+    q = 1 / math.ceil(max(n_clips, 1) / b)
+    return q, float(int(n_clips * q))
 
 
 def set_threads(n: int) -> None:

@@ -20,8 +20,10 @@ import torch
 
 from flava_p2p.learning.ledger import PrivacyLedger
 from flava_p2p.learning.models import EmbeddingHead
+from flava_p2p.learning.trainer import distinct_clip_rows, sampling_plan
 from flava_p2p.sim.real_learners import RealLearners
 from flava_p2p.sim.scenario import Scenario
+from flava_p2p.speech.dataset import FeatureSet
 from flava_p2p.wire.messages import DpInfo
 
 Vec = npt.NDArray[np.float32]
@@ -74,26 +76,17 @@ class VectorLearners(RealLearners):
             self._nodes[i] = self._node_state(i, local, tr.batch_size, plans)
 
     def _node_state(
-        self, i: int, local: object, batch_size: int, plans: dict[float, PrivacyLedger]
+        self, i: int, local: FeatureSet, batch_size: int, plans: dict[float, PrivacyLedger]
     ) -> _Node:
-        from flava_p2p.speech.dataset import FeatureSet
-
-        assert isinstance(local, FeatureSet)
         x, y = local.features, local.labels
-        if local.digests:  # identical files are one clip, exactly as LocalTrainer counts them
-            first = {c: k for k, c in reversed(list(enumerate(local.digests)))}
-            keep = torch.as_tensor(sorted(first.values()), dtype=torch.int64)
+        keep = distinct_clip_rows(local.digests)  # as LocalTrainer counts clips
+        if keep is not None:
             x, y = x[keep], y[keep]
         with torch.no_grad():
             pooled = self._head.pool(x)
-        n = len(y)
-        b = max(1, min(batch_size, n))
-        q = 1 / math.ceil(max(n, 1) / b)
-        expected = float(int(n * q))
+        q, expected = sampling_plan(len(y), batch_size, self._privacy)
         ledger = None
         if self._privacy.enabled:
-            if self._privacy.sample_rate is not None:
-                q, expected = self._privacy.sample_rate, float(batch_size)
             if q not in plans:  # σ depends only on q here: plan once per distinct q
                 plans[q] = PrivacyLedger.plan(self._privacy, q, expected)
             base = plans[q]

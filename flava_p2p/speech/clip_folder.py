@@ -11,6 +11,7 @@ from a worker thread.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ class ClipFolder:
         if clips:
             feats = torch.stack([c.features for c in clips])
         else:
-            feats = torch.zeros((0, 1, *self._feature_shape()))
+            feats = torch.zeros((0, 1, *self._feature_shape))
         return FeatureSet(
             feats,
             torch.tensor([index[c.utt.label] for c in clips], dtype=torch.int64),
@@ -150,7 +151,9 @@ class ClipFolder:
             digests=[c.digest for c in clips],
         )
 
+    @functools.cached_property
     def _feature_shape(self) -> tuple[int, int]:
+        """(features, frames) of one clip, for an empty set (loads the front end once)."""
         from flava_p2p.speech.features import make_frontend
 
         fe = make_frontend(self.features, self.threads)
