@@ -194,10 +194,9 @@ class RealLearners:
 
     def data_stats(self) -> dict[str, int]:
         """Clips arrived at the honest and Byzantine nodes so far, and clips retired."""
+        now = self.clock() if self.clock is not None else self.now
         return {
-            "clips_present": sum(
-                self._arrived(i, self.now) for i in range(len(self.clips_per_node))
-            ),
+            "clips_present": sum(self._arrived(i, now) for i in range(len(self.clips_per_node))),
             "clips_total": sum(self.clips_per_node),
             "clips_retired": sum(self.retired.values()),
         }

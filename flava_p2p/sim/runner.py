@@ -334,8 +334,6 @@ class Simulation:
         }
         stats = getattr(self.learners, "data_stats", None)
         if stats is not None and self.sc.data.arrival is not None:
-            if hasattr(self.learners, "now"):
-                self.learners.now = net.now
             rec["data"] = stats()
         return rec
 
