@@ -24,6 +24,7 @@ def test_nodes_without_bootstrap_find_each_other_by_beacons(
     """Three nodes with no bootstrap address discover all others from beacons alone."""
     # Prepare: a random group port so parallel runs on one host do not hear each other.
     from flava_p2p.testing import cluster as lc
+
     group = f"239.255.70.71:{random.Random().randint(20000, 60000)}"
     beacons = {
         "multicast_beacons": True,

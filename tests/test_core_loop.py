@@ -19,9 +19,7 @@ from flava_p2p.wire.endpoint import KIND_FRAGMENT, KIND_NACK
 from flava_p2p.wire.messages import DpInfo
 
 DIM = 3000  # fp16 deltas of 6 kB: five fragments at the default 1,200-byte MTU
-GOSSIP = GossipConfig(
-    period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3, view_size=8, fanout=1
-)
+GOSSIP = GossipConfig(period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3, view_size=8, fanout=1)
 LATENCY = 0.010
 
 
@@ -71,6 +69,7 @@ def node(i: int, net: Net, bootstrap: list[Addr]) -> CoreLoop:
 
     def on_event(ev: Event) -> None:
         if isinstance(ev, TrainRequest):  # "training" takes 0.2 s and moves the model
+
             def done() -> None:
                 update = rng.normal(0, 0.1, DIM).astype(np.float32)
                 loop.local_update(core.model + update, 10, DpInfo(None, None))
@@ -113,9 +112,7 @@ class TestCoreLoop:
             for t, src, dst, d in net.delivered
             if dst == ("10.0.0.2", 7000) and d[:1] == KIND_FRAGMENT and d[39:47] == lost_seq
         ]
-        nacks = [
-            t for t, src, _, d in net.sent if src == ("10.0.0.2", 7000) and d[:1] == KIND_NACK
-        ]
+        nacks = [t for t, src, _, d in net.sent if src == ("10.0.0.2", 7000) and d[:1] == KIND_NACK]
         assert nacks, "B never sent a NACK"
         last_progress = max(t for t, _ in to_b if t <= nacks[0])  # before the repair arrives
         assert len([t for t, _ in to_b if t > nacks[0]]) >= 1  # A repaired the loss
@@ -155,6 +152,7 @@ class TestSeqReservation:
         path = tmp_path / "state.msgpack"
         state = NodeState()
         b.core.wire.next_seq = 1  # a fresh node starts here
+
         def reserve() -> None:
             state.reserve_before_transmit(b.core.wire.next_seq, None, path)
 

@@ -171,6 +171,31 @@ class TestFeatureCache:
         again = load_features(scan_corpus(root), FeatureConfig(), cache_dir=tmp_path / "c")
         assert again.encoded == 1
 
+    def test_unchanged_files_are_not_read_again(
+        self, tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The file index skips hashing files whose stat fingerprint is unchanged; a file
+        rewritten in place (same name, other bytes) is hashed, and so encoded, again."""
+        root = tmp_path / "corpus"
+        shutil.copytree(tiny_corpus, root)
+        load_features(scan_corpus(root), FeatureConfig(), cache_dir=tmp_path / "c")
+        reads: list[Path] = []
+        real_read = Path.read_bytes
+
+        def counting(self: Path) -> bytes:
+            reads.append(self)
+            return real_read(self)
+
+        monkeypatch.setattr(Path, "read_bytes", counting)
+        again = load_features(scan_corpus(root), FeatureConfig(), cache_dir=tmp_path / "c")
+        assert reads == [] and again.encoded == 0 and again.cache_hits == len(again) > 0
+        victim = next((root / "yes").glob("*.wav"))
+        data = bytearray(real_read(victim))
+        data[-2:] = b"\x02\x00"
+        victim.write_bytes(bytes(data))
+        third = load_features(scan_corpus(root), FeatureConfig(), cache_dir=tmp_path / "c")
+        assert reads == [victim] and third.encoded == 1
+
     def test_closed_form_dp_matches_opacus(self, tiny_corpus: Path, tmp_path: Path) -> None:
         """The linear head's closed-form DP-SGD step gives Opacus' weights for the same seeds."""
         fs = load_features(scan_corpus(tiny_corpus), FeatureConfig(), cache_dir=tmp_path)

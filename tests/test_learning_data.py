@@ -191,6 +191,7 @@ class TestPartitioners:
 
     def test_iid_and_dirichlet(self) -> None:
         """IID and Dirichlet cover every sample once and repeat under the same seed."""
+
         def by_iid(s: int) -> list[np.ndarray]:
             return iid(70, 4, seed=s)
 

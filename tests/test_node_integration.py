@@ -37,6 +37,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, cluster: Any)
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from flava_p2p.speech.synth import synthesize_corpus
     from flava_p2p.testing import cluster as lc
+
     root = tmp_path_factory.mktemp("cluster")
     synthesize_corpus(
         root / "corpus",

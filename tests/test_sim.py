@@ -52,6 +52,16 @@ FULL = {
 
 
 class TestDeterminism:
+    def test_fast_wire_changes_only_bytes(self) -> None:
+        """``wire: fast`` skips signatures and encryption and nothing else: the same
+        datagrams are delivered and the same models learned; only byte counts shrink."""
+        real = Simulation(scenario(nodes=8, rounds=4)).run()
+        fast = Simulation(scenario(nodes=8, rounds=4, wire="fast")).run()
+        assert real["wire"] == "real" and fast["wire"].startswith("fast (unsealed")
+        keep = ("delivered", "dropped", "honest_mean_acc", "consensus_distance", "rejections")
+        assert {k: fast["final"][k] for k in keep} == {k: real["final"][k] for k in keep}
+        assert 0 < fast["final"]["bytes_sent"] < real["final"]["bytes_sent"]
+
     @pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
     def test_same_seed_gives_byte_identical_metrics(self, tmp_path: Path) -> None:
         """Everything on: loss, bursts, duplication, reordering, partition, churn, faults."""

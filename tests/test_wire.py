@@ -416,3 +416,35 @@ class TestTensorCodec:
         """A NaN in an outgoing delta is a bug upstream: refuse to send it."""
         with pytest.raises(TensorCodecError):
             encode_vector(np.array([1.0, np.nan], np.float32))
+
+
+# ----------------------------------------------------------------------------- wire: fast
+class TestUnsealedEndpoint:
+    """The simulator's ``wire: fast`` endpoint: same envelopes, no public-key cryptography."""
+
+    def test_round_trip_and_cleartext(self) -> None:
+        """Messages go through the same parsing and decoding, but the payload is in clear and
+        the signature is zero: nothing about it is secret or authenticated."""
+        from flava_p2p.sim.fast_wire import UnsealedEndpoint
+
+        a, b = (UnsealedEndpoint(i, "testnet") for i in (A, B))
+        a.add_peer(B.keys)
+        b.add_peer(A.keys)
+        msg = Ping(nonce=7)
+        (datagram,) = a.seal(B.peer_id, msg, NOW)
+        assert deliver(b, [datagram]) == [msg]
+        env = parse(datagram[1:], 1 << 20)
+        assert env.signature == bytes(64)
+        assert msgpack.unpackb(env.payload) == msg.to_wire()
+        assert deliver(b, [datagram]) == []  # the replay window still holds
+        assert b.rejections.by_reason() == {"replay": 1}
+
+    def test_real_endpoints_reject_unsealed_datagrams(self) -> None:
+        """An unsealed datagram can never pass for a real one."""
+        from flava_p2p.sim.fast_wire import UnsealedEndpoint
+
+        fast = UnsealedEndpoint(A, "testnet")
+        fast.add_peer(B.keys)
+        _, real_b, _ = endpoints()
+        assert deliver(real_b, fast.seal(B.peer_id, Ping(nonce=1), NOW)) == []
+        assert real_b.rejections.by_reason() == {"bad_signature": 1}

@@ -92,14 +92,16 @@ def assemble_core(
     first_seq: int,
     noise_rng: np.random.Generator,
     resume: Resume | None = None,
+    endpoint: type[WireEndpoint] = WireEndpoint,
 ) -> NodeCore:
     """Build the node's core: wire endpoint, message noise, beacons, then resume it.
 
     ``noise_rng`` draws message-level noise: OS entropy on a real node (a seed an attacker
     could learn would void the guarantee), seeded in a simulation (for reproducibility).
+    ``endpoint`` is the wire class: the simulator's ``wire: fast`` passes its unsealed one.
     """
     net = spec.network
-    wire = WireEndpoint(
+    wire = endpoint(
         spec.identity,
         net.network_id,
         network_key=spec.network_key,

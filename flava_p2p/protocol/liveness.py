@@ -39,6 +39,9 @@ class Liveness:
         self.max_timeout = max_timeout
         self.dead_after = dead_after
         self._peers: dict[bytes, _Peer] = {}
+        # Peers with an outstanding probe: next_deadline() runs after every event, so it
+        # must not scan every peer ever heard from (thousands in a large network).
+        self._pending: set[bytes] = set()
 
     def state(self, peer: bytes) -> PeerState:
         """Current state (unknown peers count as alive)."""
@@ -60,6 +63,7 @@ class Liveness:
     def probe_sent(self, peer: bytes, nonce: int, now: float) -> None:
         """Record an outstanding PING."""
         self._peers.setdefault(peer, _Peer(last_heard=now)).pending = (nonce, now)
+        self._pending.add(peer)
 
     def pong(self, peer: bytes, nonce: int, now: float) -> float | None:
         """Match a PONG; returns the RTT sample, or None if it answers no probe of ours."""
@@ -68,6 +72,7 @@ class Liveness:
             return None
         rtt = now - p.pending[1]
         p.pending = None
+        self._pending.discard(peer)
         if p.srtt is None:
             p.srtt, p.rttvar = rtt, rtt / 2
         else:
@@ -78,12 +83,15 @@ class Liveness:
 
     def expire(self, now: float) -> list[tuple[bytes, PeerState]]:
         """Time out overdue probes; returns peers whose state changed, with the new state."""
-        changed = []
+        changed: list[tuple[bytes, PeerState]] = []
+        if not self._pending:
+            return changed
         for peer, p in self._peers.items():
             # Same expression as next_deadline(): `now - sent < timeout` can disagree by an ulp.
             if p.pending is None or now < p.pending[1] + self.timeout(peer):
                 continue
             p.pending = None
+            self._pending.discard(peer)
             p.misses += 1
             new = PeerState.DEAD if p.misses >= self.dead_after else PeerState.SUSPECT
             if new is not p.state:
@@ -93,12 +101,17 @@ class Liveness:
 
     def next_deadline(self) -> float | None:
         """Earliest probe timeout."""
-        times = [p.pending[1] + self.timeout(k) for k, p in self._peers.items() if p.pending]
+        times = [
+            pending[1] + self.timeout(k)
+            for k in self._pending
+            if (pending := self._peers[k].pending) is not None
+        ]
         return min(times) if times else None
 
     def forget(self, peer: bytes) -> None:
         """Drop all state for a peer."""
         self._peers.pop(peer, None)
+        self._pending.discard(peer)
 
     def rtt(self, peer: bytes) -> float | None:
         """Smoothed RTT, if measured."""

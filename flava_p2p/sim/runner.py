@@ -38,18 +38,21 @@ from flava_p2p.node.assembly import (
     snapshot,
 )
 from flava_p2p.protocol.node import Event, NodeCore
+from flava_p2p.sim.fast_wire import UnsealedEndpoint
 from flava_p2p.sim.faults import FLOOD_BURST, RogueHost, forged_ping, garbage
 from flava_p2p.sim.learners import Learners, make_learners
 from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.sim.topology import STATIC, build_graph, neighbours
 from flava_p2p.sim.virtual_network import VirtualNetwork
+from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import DpInfo, PeerDescriptor
 
 log = structlog.get_logger(__name__)
 Vec = npt.NDArray[np.float32]
 NETWORK_ID = "flava-sim"
 Progress = Callable[[float, float, dict[str, Any]], None]
+FAST_WIRE_LABEL = "fast (unsealed: no signatures, no encryption)"
 
 
 class Simulation:
@@ -62,6 +65,8 @@ class Simulation:
         self.byzantine = set(sc.byzantine_nodes())
         self.honest = [i for i in range(n) if i not in self.byzantine]
         self.attack = parse_attack(sc.byzantine.attack) if self.byzantine else None
+        if sc.wire == "fast":
+            log.warning("wire: fast: datagrams are NOT signed or encrypted in this run")
         self.learners: Learners = make_learners(sc, self.seed)
         self.links = SimLinks.build(sc.network, n, self.seed)
         self.net = VirtualNetwork(
@@ -173,6 +178,7 @@ class Simulation:
             # Seeded, for reproducible runs; a real node draws message noise from OS entropy.
             noise_rng=np.random.default_rng([self.seed, i, 0x5EED]),
             resume=resume,
+            endpoint=UnsealedEndpoint if self.sc.wire == "fast" else WireEndpoint,
         )
         if i in self.byzantine:
             attach_attack(
@@ -410,6 +416,7 @@ class Simulation:
             "aggregation": sc.gossip.aggregation,
             "defence": defence_label(sc),
             "topology": sc.topology.kind,
+            "wire": "real" if sc.wire == "real" else FAST_WIRE_LABEL,
             "learner": sc.learner.kind,
             "model": sc.learner.model if sc.learner.kind == "real" else None,
             "rounds": sc.rounds,

@@ -298,6 +298,10 @@ class Scenario(_Strict):
     byzantine: ByzantineSpec = Field(default_factory=ByzantineSpec)
     faults: ProtocolFaults = Field(default_factory=ProtocolFaults)
     node: NodeSettings = Field(default_factory=NodeSettings)
+    wire: Literal["real", "fast"] = "real"
+    """``real``: every datagram signed (Ed25519) and encrypted (NaCl Box), as on a real node.
+    ``fast``: UNSEALED — no signatures, no encryption (everything else of the wire kept), for
+    scale studies whose question is not the wire; the summary says so. Never the default."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
 
     @model_validator(mode="after")

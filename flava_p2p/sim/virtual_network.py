@@ -12,6 +12,7 @@ it is touched and stale entries are skipped), so one event costs O(log N), not O
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -275,6 +276,7 @@ class VirtualNetwork:
             self._push(self.now + delay, dst, (src, datagram))
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_multicast(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_multicast

@@ -8,6 +8,7 @@ in a warning — never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sqlite3
@@ -23,7 +24,12 @@ import torch
 from flava_p2p.config import FeatureConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.speech.audio import AUDIO_EXTENSIONS, AudioError, load_clip
-from flava_p2p.speech.feature_store import default_cache_dir, open_store
+from flava_p2p.speech.feature_store import (
+    FeatureStore,
+    default_cache_dir,
+    fingerprint,
+    open_store,
+)
 from flava_p2p.speech.features import Frontend, frontend_identity, make_frontend
 
 log = structlog.get_logger(__name__)
@@ -261,7 +267,7 @@ def load_features(
     frontend = make_frontend(cfg, threads)
     ident = frontend_identity(cfg)
     store = open_store(Path(cache_dir) if cache_dir else default_cache_dir())
-    digests, skipped = _digests(scan)
+    digests, skipped = _digests(scan, store)
     known = [d for d in digests if d is not None]
     cached = store.get_many(ident, known) if store is not None else {}
     new = _encode_missing(scan, digests, cached, frontend, cfg, batch)
@@ -301,16 +307,38 @@ def load_features(
     return fs
 
 
-def _digests(scan: ScanResult) -> tuple[list[bytes | None], dict[str, str]]:
-    """SHA-256 of every file's bytes (None, and a reason, for files that cannot be read)."""
+def _digests(
+    scan: ScanResult, store: FeatureStore | None = None
+) -> tuple[list[bytes | None], dict[str, str]]:
+    """SHA-256 of every file's bytes (None, and a reason, for files that cannot be read).
+    Files whose stat fingerprint the store has seen before are not read again."""
+    prints: dict[str, str] = {}
+    for utt in scan.utterances:
+        with contextlib.suppress(OSError):  # unreadable: read below, which reports why
+            prints[str(utt.path.absolute())] = fingerprint(utt.path.stat())
+    known = store.known_digests(prints) if store is not None else {}
     digests: list[bytes | None] = []
     skipped: dict[str, str] = {}
+    fresh: list[tuple[str, str, bytes]] = []
     for utt in scan.utterances:
+        key = str(utt.path.absolute())
+        if (hit := known.get(key)) is not None:
+            digests.append(hit)
+            continue
         try:
-            digests.append(hashlib.sha256(utt.path.read_bytes()).digest())
+            digest = hashlib.sha256(utt.path.read_bytes()).digest()
         except OSError as exc:
             digests.append(None)
             skipped[str(utt.path)] = f"{utt.path}: cannot read ({exc})"
+            continue
+        digests.append(digest)
+        if key in prints:
+            fresh.append((key, prints[key], digest))
+    if store is not None:
+        try:
+            store.remember_digests(fresh)
+        except sqlite3.Error as exc:
+            log.warning("could not write the file digest index", error=str(exc))
     return digests, skipped
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from nacl.public import Box, PublicKey
+from nacl.public import Box, PrivateKey, PublicKey
 
 from flava_p2p.identity import (
     Identity,
@@ -32,7 +32,16 @@ from flava_p2p.identity import (
     verify_key_from_peer_id,
 )
 from flava_p2p.wire import fragments as fr
-from flava_p2p.wire.envelope import VERSION, EnvelopeError, Header, decrypt, parse, seal, verify
+from flava_p2p.wire.envelope import (
+    VERSION,
+    EnvelopeError,
+    Header,
+    ParsedEnvelope,
+    decrypt,
+    parse,
+    seal,
+    verify,
+)
 from flava_p2p.wire.messages import (
     DECODERS,
     PLAINTEXT_TYPES,
@@ -91,11 +100,29 @@ class RejectionCounter:
         return sum(self.counts.values())
 
 
-@dataclass
 class _Known:
-    keys: PeerKeys
-    box: Box
-    frag_key: bytes
+    """A verified peer; its X25519 shared key is computed on first use (a large network
+    learns of many more peers through exchanges than it ever talks to)."""
+
+    __slots__ = ("_box", "_frag_key", "_own", "keys")
+
+    def __init__(self, keys: PeerKeys, own: PrivateKey) -> None:
+        self.keys = keys
+        self._own = own
+        self._box: Box | None = None
+        self._frag_key = b""
+
+    @property
+    def box(self) -> Box:
+        if self._box is None:
+            self._box = Box(self._own, PublicKey(self.keys.box_key))
+            self._frag_key = fr.pair_mac_key(self._box.shared_key())
+        return self._box
+
+    @property
+    def frag_key(self) -> bytes:
+        _ = self.box  # derives the pairwise MAC key with the shared key
+        return self._frag_key
 
 
 class WireEndpoint:
@@ -136,12 +163,11 @@ class WireEndpoint:
     # ------------------------------------------------------------------ directory
     def add_peer(self, keys: PeerKeys) -> None:
         """Learn a peer's keys (self-certifying: checked against its PeerID)."""
-        keys.check()
         known = self._peers.get(keys.peer_id)
         if known is not None and known.keys == keys:
-            return
-        box = Box(self.identity.box_key, PublicKey(keys.box_key))
-        self._peers[keys.peer_id] = _Known(keys, box, fr.pair_mac_key(box.shared_key()))
+            return  # these exact keys were checked when first learned
+        self._check_keys(keys)
+        self._peers[keys.peer_id] = _Known(keys, self.identity.box_key)
 
     def knows(self, peer_id: bytes) -> bool:
         """Whether ``peer_id``'s encryption key is known."""
@@ -152,17 +178,35 @@ class WireEndpoint:
         k = self._peers.get(peer_id)
         return k.keys if k else None
 
+    # ------------------------------------------------------------------ cryptography
+    # The four places the wire touches public-key cryptography, as methods so that the
+    # simulator's explicitly labelled unsealed endpoint (sim/fast_wire.py) can skip them.
+    def _check_keys(self, keys: PeerKeys) -> None:
+        keys.check()
+
+    def _seal_envelope(
+        self, fields: dict[str, object], plaintext: bytes, to: _Known | None
+    ) -> bytes:
+        return seal(self.identity.signing_key, fields, plaintext, to.box if to else None)
+
+    def _verify(self, env: ParsedEnvelope) -> None:
+        # Ed25519 PeerIDs embed their public key: the signature needs no directory lookup.
+        verify(env, verify_key_from_peer_id(env.header.sender))
+
+    def _decrypt(self, env: ParsedEnvelope, known: _Known) -> bytes:
+        return decrypt(env, known.box)
+
     # ------------------------------------------------------------------ sending
     def seal(
         self, to: bytes | None, msg: Message, now: float, *, round: int = 0, schema: bytes = b""
     ) -> list[bytes]:
         """Datagrams carrying ``msg`` to ``to`` (None only for HELLO/HELLO_ACK to an address)."""
         mtype = msg.TYPE
-        box = None
+        recipient = None
         if mtype not in PLAINTEXT_TYPES:
             if to is None or to not in self._peers:
                 raise ValueError(f"cannot encrypt {mtype.name}: recipient key unknown")
-            box = self._peers[to].box
+            recipient = self._peers[to]
         seq = self.next_seq
         self.next_seq += 1
         plaintext = msgpack.packb(msg.to_wire(), use_bin_type=True)
@@ -177,7 +221,7 @@ class WireEndpoint:
             "round": round,
             "schema": schema,
         }
-        envelope = seal(self.identity.signing_key, fields, plaintext, box)
+        envelope = self._seal_envelope(fields, plaintext, recipient)
         if len(envelope) + self._prefix <= self.mtu:
             out = [self._wrap(KIND_ENVELOPE + envelope)]
         else:
@@ -291,8 +335,7 @@ class WireEndpoint:
         if stale:
             raise _Reject(addr, stale)
         try:
-            # Ed25519 PeerIDs embed their public key: the signature needs no directory lookup.
-            verify(env, verify_key_from_peer_id(h.sender))
+            self._verify(env)
         except IdentityError:
             raise _Reject(addr, "malformed") from None
         except EnvelopeError as exc:
@@ -305,7 +348,7 @@ class WireEndpoint:
             if known is None:
                 raise _Reject(source, "unknown_sender")
             try:
-                plaintext = decrypt(env, known.box)
+                plaintext = self._decrypt(env, known)
             except EnvelopeError as exc:
                 raise _Reject(source, exc.reason) from None
         self.replay.commit(h.sender, h.seq, now_ms)
