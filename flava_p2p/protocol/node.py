@@ -591,21 +591,21 @@ class NodeCore:
                 self._learn(desc)
         self._unanswered.clear()
         self._pending_shuffle.clear()
-        before = {p: self.view.descriptor(p) for p in self.view.peers()}
         started = self.view.start_shuffle(self.cfg.shuffle_length, me)
         if started is None:
             return
         q, sent = started
         if q in self._addr_of:
             self._pending_shuffle[q] = [d.peer_id for d in sent[1:]]
-            q_desc = before.get(q)
-            if q_desc is not None:
-                self._unanswered[q] = q_desc
+            if self.view.last_removed is not None:
+                self._unanswered[q] = self.view.last_removed
             self._send(q, Shuffle(tuple(sent)))
         # Q left the view (Cyclon); it comes back when it answers (or at the next shuffle).
 
     def _probe(self, now: float) -> None:
-        peers = [p for p in self.view.peers() if p in self._addr_of]
+        peers = self.view.peers()
+        if unreachable := set(peers) - self._addr_of.keys():  # set ops: views can be large
+            peers = [p for p in peers if p not in unreachable]
         if not peers:
             return
         peer = self.rng.choice(peers)

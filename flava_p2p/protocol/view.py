@@ -9,6 +9,7 @@ All randomness comes from the ``random.Random`` passed in.
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,9 @@ class PeerSamplingView:
         self.size = size
         self.rng = rng
         self._entries: dict[bytes, ViewEntry] = {}
+        self._order: list[bytes] = []  # PeerIDs kept sorted (bisect), for stable sampling
+        self.last_removed: PeerDescriptor | None = None
+        """The stored descriptor of the peer the last :meth:`start_shuffle` took out (Q)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -40,7 +44,7 @@ class PeerSamplingView:
 
     def peers(self) -> list[bytes]:
         """PeerIDs in the view, in a stable order (sorted) so seeded sampling reproduces."""
-        return sorted(self._entries)
+        return list(self._order)
 
     def descriptor(self, peer: bytes) -> PeerDescriptor | None:
         """The stored descriptor of ``peer``."""
@@ -57,14 +61,19 @@ class PeerSamplingView:
                 existing.descriptor, existing.age = desc, desc.age
             return True
         if len(self._entries) >= self.size:
-            oldest = max(self.peers(), key=lambda p: self._entries[p].age)
-            del self._entries[oldest]
+            self._drop(max(self._order, key=lambda p: self._entries[p].age))
         self._entries[desc.peer_id] = ViewEntry(desc, desc.age)
+        bisect.insort(self._order, desc.peer_id)
         return True
 
     def remove(self, peer: bytes) -> None:
         """Drop a peer (dead or graylisted)."""
-        self._entries.pop(peer, None)
+        if peer in self._entries:
+            self._drop(peer)
+
+    def _drop(self, peer: bytes) -> ViewEntry:
+        del self._order[bisect.bisect_left(self._order, peer)]
+        return self._entries.pop(peer)
 
     def sample(self, k: int, exclude: set[bytes] | None = None) -> list[bytes]:
         """Up to ``k`` distinct random peers (gossip targets)."""
@@ -80,8 +89,8 @@ class PeerSamplingView:
             return None
         for e in self._entries.values():
             e.age += 1
-        q = max(self.peers(), key=lambda p: self._entries[p].age)
-        del self._entries[q]
+        q = max(self._order, key=lambda p: self._entries[p].age)
+        self.last_removed = self._drop(q).descriptor
         others = self.sample(length - 1)
         sent = [self._with_age(p) for p in others]
         return q, [replace(me, age=0), *sent]
@@ -104,7 +113,7 @@ class PeerSamplingView:
             elif len(self._entries) < self.size:
                 self.add(desc)
             elif victims:
-                del self._entries[victims.pop()]
+                self._drop(victims.pop())
                 self.add(desc)
 
     def _with_age(self, peer: bytes) -> PeerDescriptor:
