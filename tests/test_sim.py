@@ -310,15 +310,21 @@ class TestFaults:
 class TestByzantine:
     @pytest.mark.parametrize("attack", ["gaussian", "sign_flip"])
     def test_clipping_resists_where_mean_breaks(self, attack: str) -> None:
+        """Worst honest accuracy of the typical network: the median over three seeds. One
+        network's luck varies: a sign-flipper costs the plain mean 10 to 47 points depending
+        on the seed, and Gaussian noise gets through clipping in seed 1 (worst honest 54%
+        against 87% attack-free: the open weakness issue 17's reference-set screening is for)."""
         over = {"nodes": 16, "rounds": 10, "privacy": {"epsilon": None}}
         byz = {"fraction": 0.25, "attack": attack}
-        clean = run_scenario(scenario(**over, byzantine={"attack": "none"}))
-        clipped = run_scenario(scenario(**over, byzantine=byz))
         plain = {"aggregation": "mean", **SCREENS_OFF}
-        mean = run_scenario(scenario(**over, byzantine=byz, gossip=plain))
-        base = clean["final"]["honest_worst_acc"]
-        assert clipped["final"]["honest_worst_acc"] >= base - 0.1
-        assert mean["final"]["honest_worst_acc"] < base - 0.15
+
+        def worst(**kw: Any) -> float:
+            runs = [run_scenario(scenario(**over, **kw), seed=seed) for seed in range(3)]
+            return float(np.median([r["final"]["honest_worst_acc"] for r in runs]))
+
+        base = worst(byzantine={"attack": "none"})
+        assert worst(byzantine=byz) >= base - 0.1
+        assert worst(byzantine=byz, gossip=plain) < base - 0.15
 
 
 class TestScenarioFiles:

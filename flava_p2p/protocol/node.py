@@ -318,8 +318,16 @@ class NodeCore:
             self._probe(now)
             self._next_ping = now + self._jittered(self.cfg.ping_period_s)
         for peer, state in self.liveness.expire(now):
-            if state is PeerState.DEAD and peer in self.view:
+            if state is not PeerState.DEAD:
+                continue
+            if peer in self.view:
                 self._drop_peer(peer, "dead")
+            else:
+                # Died while out of the view (e.g. as the target Q of a shuffle): quarantine
+                # it all the same, or the next exchange brings it back with a liveness record
+                # already DEAD, which no later timeout would change, so it would stay for good.
+                self._quarantine(peer)
+                self.liveness.forget(peer)
         self.wire.poll(now)
         self._flush_wire()
 
@@ -631,9 +639,12 @@ class NodeCore:
             if addr is not None:
                 self._sends.append(Send(addr, d))
 
+    def _quarantine(self, peer: bytes) -> None:
+        self._dead_until[peer] = self._now + 10 * self.cfg.shuffle_period_s
+
     def _drop_peer(self, peer: bytes, reason: str) -> None:
         if reason == "dead":
-            self._dead_until[peer] = self._now + 10 * self.cfg.shuffle_period_s
+            self._quarantine(peer)
         self.view.remove(peer)
         self._announced.discard(peer)
         self.liveness.forget(peer)

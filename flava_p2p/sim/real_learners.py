@@ -9,7 +9,7 @@ node. With ``learner.workers > 1`` the trainers live in worker processes
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -192,13 +192,15 @@ class RealLearners:
         self._shown[i] = n
         return local.subset(np.sort(self._arrivals[i][0][:n]))
 
-    def data_stats(self) -> dict[str, int]:
-        """Clips arrived at the honest and Byzantine nodes so far, and clips retired."""
+    def data_stats(self, nodes: Iterable[int] | None = None) -> dict[str, int]:
+        """Clips arrived at the given nodes (default all, honest and Byzantine) so far, and
+        clips retired: sums, so partitions' figures add up."""
         now = self.clock() if self.clock is not None else self.now
+        which = list(range(len(self.clips_per_node)) if nodes is None else nodes)
         return {
-            "clips_present": sum(self._arrived(i, now) for i in range(len(self.clips_per_node))),
-            "clips_total": sum(self.clips_per_node),
-            "clips_retired": sum(self.retired.values()),
+            "clips_present": sum(self._arrived(i, now) for i in which),
+            "clips_total": sum(self.clips_per_node[i] for i in which),
+            "clips_retired": sum(self.retired.get(i, 0) for i in which),
         }
 
     def evaluate(self, models: dict[int, Vec]) -> dict[int, float]:

@@ -27,6 +27,7 @@ from nacl.signing import SigningKey
 from flava_p2p.attacks import parse_attack
 from flava_p2p.attacks.network import NetworkAttacker
 from flava_p2p.config import NetworkConfig, NodeConfig
+from flava_p2p.errors import FlavaError
 from flava_p2p.identity import Identity, make_multiaddr
 from flava_p2p.node.assembly import (
     CoreSpec,
@@ -55,11 +56,155 @@ Progress = Callable[[float, float, dict[str, Any]], None]
 FAST_WIRE_LABEL = "fast (unsealed: no signatures, no encryption)"
 
 
-class Simulation:
+class RunLoop:
+    """Running to the horizon, writing records, summarising and plotting: shared by the
+    one-process :class:`Simulation` and the partitioned engine (sim/partitioned.py)."""
+
+    sc: Scenario
+    seed: int
+    honest: list[int]
+    byzantine: set[int]
+    horizon: float
+    period: float
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _advance(self, t: float) -> None:
+        """Simulate up to virtual time ``t``."""
+        raise NotImplementedError
+
+    def measure(self) -> dict[str, Any]:
+        """One metrics record at the current virtual time."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _costs(self) -> tuple[list[int], Counter[str], Counter[str]]:
+        """Clips per node, fault datagrams and attack datagrams sent."""
+        raise NotImplementedError
+
+    def run(
+        self, out_dir: str | Path | None = None, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Run to the horizon, measuring every ``metrics.every_s``; returns the summary."""
+        start = time.perf_counter()
+        every = self.sc.metrics.every_s or self.period
+        out = Path(out_dir) if out_dir else None
+        records: list[dict[str, Any]] = []
+        fh = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "scenario.yaml").write_text(
+                yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+            )
+            fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
+        try:
+            self._start()
+            t = 0.0
+            while t < self.horizon - 1e-9:
+                t = min(self.horizon, t + every)
+                self._advance(t)
+                rec = self.measure()
+                records.append(rec)
+                if fh is not None:
+                    fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                    fh.flush()
+                if progress is not None:
+                    progress(t, self.horizon, rec)
+        finally:
+            self._close()
+            if fh is not None:
+                fh.close()
+        summary = self.summarize(records, time.perf_counter() - start)
+        if out is not None:
+            (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
+            if self.sc.metrics.plots and summary["final"]["honest_mean_acc"] is not None:
+                from flava_p2p.sim.plots import plot_accuracy
+
+                summary["plots"] = [
+                    str(plot_accuracy([(self.sc.name, records)], out / "accuracy.png"))
+                ]
+                if self.sc.data.arrival is not None:
+                    from flava_p2p.sim.plots import plot_arrival
+
+                    summary["plots"].append(str(plot_arrival(records, out / "arrival.png")))
+                (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
+        return summary
+
+    def summarize(self, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+        """Headline numbers of a run (the last record plus time-to-accuracy and costs)."""
+        last = records[-1] if records else {}
+        reached = next((r["t"] for r in records if (r["honest_mean_acc"] or 0) >= 0.8), None)
+        sc = self.sc
+        rounds_done = last.get("round_mean", 0.0)
+        extra: dict[str, Any] = {"data": last["data"]} if "data" in last else {}
+        sizes, faults_sent, attack_sent = self._costs()
+        if sizes:
+            extra["clips_per_node"] = {
+                "min": int(min(sizes)),
+                "median": float(np.median(sizes)),
+                "max": int(max(sizes)),
+            }
+        return extra | {
+            "name": sc.name,
+            "seed": self.seed,
+            "nodes": sc.nodes,
+            "honest": len(self.honest),
+            "byzantine": sorted(self.byzantine),
+            "attack": sc.byzantine.attack if self.byzantine else None,
+            "aggregation": sc.gossip.aggregation,
+            "defence": defence_label(sc),
+            "topology": sc.topology.kind,
+            "wire": "real" if sc.wire == "real" else FAST_WIRE_LABEL,
+            "learner": sc.learner.kind,
+            "model": sc.learner.model if sc.learner.kind == "real" else None,
+            "rounds": sc.rounds,
+            "privacy": {
+                "unit": "example" if sc.privacy.epsilon is not None else None,
+                "target_epsilon": sc.privacy.epsilon,
+                "epsilon_max": last.get("epsilon_max"),
+                "delta": sc.privacy.delta if sc.privacy.epsilon is not None else None,
+            },
+            "final": {
+                k: last.get(k)
+                for k in (
+                    "honest_mean_acc",
+                    "honest_worst_acc",
+                    "honest_median_acc",
+                    "consensus_distance",
+                    "bytes_sent",
+                    "delivered",
+                    "dropped",
+                    "rejections",
+                    "penalties",
+                    "alive",
+                )
+            },
+            "best_honest_mean_acc": max(
+                (r["honest_mean_acc"] for r in records if r["honest_mean_acc"] is not None),
+                default=None,
+            ),
+            "virtual_seconds_to_80pct": reached,
+            "virtual_seconds": self.horizon,
+            "wall_seconds": round(wall, 3),
+            "rounds_per_wall_second": round(rounds_done / wall, 4) if wall > 0 else None,
+            "faults_sent": dict(faults_sent),
+            "attack_datagrams_sent": dict(attack_sent),
+        }
+
+
+class Simulation(RunLoop):
     """Build once, then :meth:`run`; everything random derives from ``seed``."""
 
-    def __init__(self, scenario: Scenario, seed: int | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int | None = None, owned: set[int] | None = None
+    ) -> None:
+        """``owned``: the nodes this process simulates when the run is partitioned over
+        several (sim/partitioned.py); None simulates them all."""
         self.seed = scenario.seed if seed is None else seed
+        self.owned = owned
         self.sc = scenario.model_copy(update={"seed": self.seed})
         sc, n = self.sc, self.sc.nodes
         self.byzantine = set(sc.byzantine_nodes())
@@ -77,6 +222,7 @@ class Simulation:
             on_event=self._on_event,
             train_delay=sc.learner.train_seconds,
             batch_learner=self.learners.train_many,
+            owned=owned,
         )
         if hasattr(self.learners, "clock"):
             self.learners.clock = lambda: self.net.now  # clips arrive over virtual time
@@ -93,7 +239,7 @@ class Simulation:
         )
         self.gossip = self._gossip_config()
         for i in range(n):
-            self.net.add(self._build_core(i, first_seq=0))
+            self.net.add(self._build_core(i, first_seq=0) if self.net.runs(i) else None)
         self._restore_views()
         self._faults: list[RogueHost] = []
         self._attackers: dict[int, NetworkAttacker] = {}
@@ -194,18 +340,22 @@ class Simulation:
         kind, n = self.sc.topology.kind, self.sc.nodes
         if kind == "discovered":
             return
-        rng = random.Random(self.seed ^ 0x71E3)
         for i, core in enumerate(self.net.nodes):
+            if not self.net.runs(i):
+                continue
             if kind in STATIC:
                 peers = neighbours(self.graph)[i]
             else:
                 others = [j for j in range(n) if j != i]
+                # Each node's own seeded draw, so partitions build the same views.
+                rng = random.Random(f"{self.seed}/view/{i}")
                 peers = others if len(others) <= 1024 else rng.sample(others, 1024)
             core.restore_view([self._descriptor(j) for j in peers])
 
     def _schedule_churn(self) -> None:
         for t, i, up in churn_schedule(self.sc.network.churn, self.honest, self.horizon, self.seed):
-            self.net.call_at(t, partial(self._set_up, i, up))
+            if self.net.runs(i):
+                self.net.call_at(t, partial(self._set_up, i, up), i)
 
     def _set_up(self, i: int, up: bool) -> None:
         """Churn: a node goes offline, or comes back and resumes like a restarted real node
@@ -222,15 +372,22 @@ class Simulation:
 
     def _schedule_faults(self) -> None:
         f = self.sc.faults
+        if f.count and self.owned is not None:
+            raise FlavaError(
+                "faults.count > 0 needs the whole network in one process (rogue hosts pick "
+                "targets among all nodes): run it with --engine local."
+            )
         for k in range(f.count):
             rng = random.Random(f"{self.seed}:fault:{k}")
             self._faults.append(RogueHost(("192.0.2.1", 40000 + k), list(f.kinds), f.rate, rng))
         if self.attack is not None and self.attack.kind == "network":
             # The same NetworkAttacker a real node runs, on the virtual network's links.
             for i in sorted(self.byzantine):
+                if not self.net.runs(i):
+                    continue
                 attacker = NetworkAttacker(self.attack, np.random.default_rng([self.seed, i, 0xA7]))
                 self._attackers[i] = attacker
-                self.net.call_at(attacker.next_delay(), partial(self._attack_fire, i))
+                self.net.call_at(attacker.next_delay(), partial(self._attack_fire, i), i)
             self.net.on_send = self._remember_sent
         for fault in self._faults:
             self.net.call_at(fault.rng.expovariate(fault.rate), partial(self._fire, fault))
@@ -250,7 +407,7 @@ class Simulation:
             for addr, datagram in attacker.fire(targets):
                 self.net.send_from(i, src, addr, datagram)
                 self._attack_sent[self.attack.name if self.attack else "?"] += 1
-        self.net.call_at(self.net.now + attacker.next_delay(), partial(self._attack_fire, i))
+        self.net.call_at(self.net.now + attacker.next_delay(), partial(self._attack_fire, i), i)
 
     def _fire(self, fault: RogueHost) -> None:
         """Send one faulty datagram (or a flood burst) to a random honest node, reschedule."""
@@ -296,162 +453,119 @@ class Simulation:
     # ------------------------------------------------------------------ measuring
     def measure(self) -> dict[str, Any]:
         """One metrics record at the current virtual time (JSON-ready, deterministic)."""
+        return combine_measures(self.sc, self.byzantine, [self.measure_part()])
+
+    def measure_part(self) -> dict[str, Any]:
+        """What this process knows of its own nodes at the current virtual time, in a form
+        whose parts from several partitions :func:`combine_measures` merges exactly."""
         net = self.net
-        up = [i for i in self.honest if i not in net.down]
+        mine = [i for i in range(self.sc.nodes) if net.runs(i)]
+        honest = [i for i in self.honest if net.runs(i)]
+        up = [i for i in honest if i not in net.down]
         models = {i: net.nodes[i].model for i in up}
-        acc = self.learners.evaluate(models) if self.learners.n_classes else {}
-        stack = np.stack([models[i] for i in up]) if up else np.zeros((0, 1), np.float32)
-        centre = stack.mean(0) if len(stack) else stack
-        consensus = float(np.linalg.norm(stack - centre, axis=1).mean()) if len(stack) else 0.0
-        eps = [e for i in self.honest if (e := self.learners.epsilon(i)) is not None]
         rejections: Counter[str] = Counter()
         penalties: Counter[str] = Counter()
-        for node in net.nodes:
+        for i in mine:
+            node = net.nodes[i]
             rejections.update(node.wire.rejections.by_reason())
             for k, v in node.counters.items():
                 if k.startswith("penalty_"):
                     penalties[k[len("penalty_") :]] += v
-        graylisted_byz = sum(
-            1
-            for i in self.honest
-            for b in self.byzantine
-            if net.nodes[i].scores.is_graylisted(self.identities[b].peer_id, net.now)
-        )
-        values = list(acc.values())
-        rec: dict[str, Any] = {
-            "t": round(net.now, 6),
-            "round_mean": float(np.mean([net.nodes[i].round for i in up])) if up else 0.0,
-            "alive": len(up),
-            "honest_mean_acc": float(np.mean(values)) if values else None,
-            "honest_worst_acc": float(np.min(values)) if values else None,
-            "honest_median_acc": float(np.median(values)) if values else None,
-            "acc": {str(k): round(v, 6) for k, v in sorted(acc.items())},
-            "consensus_distance": round(consensus, 6),
-            "epsilon_max": max(eps) if eps else None,
-            "epsilon_mean": float(np.mean(eps)) if eps else None,
-            "bytes_sent": int(sum(net.bytes_sent)),
-            "bytes_sent_honest_mean": float(np.mean([net.bytes_sent[i] for i in self.honest])),
+        stats = getattr(self.learners, "data_stats", None)
+        return {
+            "t": net.now,
+            "models": models,
+            "rounds": {i: net.nodes[i].round for i in up},
+            "acc": self.learners.evaluate(models) if self.learners.n_classes else {},
+            "eps": {i: e for i in honest if (e := self.learners.epsilon(i)) is not None},
+            "rejections": rejections,
+            "penalties": penalties,
+            "graylisted": sum(
+                1
+                for i in honest
+                for b in self.byzantine
+                if net.nodes[i].scores.is_graylisted(self.identities[b].peer_id, net.now)
+            ),
+            "bytes_sent": {i: net.bytes_sent[i] for i in mine},
             "delivered": net.delivered,
             "dropped": net.dropped,
-            "rejections": dict(sorted(rejections.items())),
-            "penalties": dict(sorted(penalties.items())),
-            "byzantine_graylist_pairs": graylisted_byz,
-            "events": dict(sorted(self._events.items())),
-        }
-        stats = getattr(self.learners, "data_stats", None)
-        if stats is not None and self.sc.data.arrival is not None:
-            rec["data"] = stats()
-        return rec
-
-    # ------------------------------------------------------------------ running
-    def run(
-        self, out_dir: str | Path | None = None, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Run to the horizon, measuring every ``metrics.every_s``; returns the summary."""
-        start = time.perf_counter()
-        every = self.sc.metrics.every_s or self.period
-        out = Path(out_dir) if out_dir else None
-        records: list[dict[str, Any]] = []
-        fh = None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "scenario.yaml").write_text(
-                yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-            )
-            fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
-        try:
-            self.net.start()
-            t = 0.0
-            while t < self.horizon - 1e-9:
-                t = min(self.horizon, t + every)
-                self.net.run_until(t)
-                rec = self.measure()
-                records.append(rec)
-                if fh is not None:
-                    fh.write(json.dumps(rec, sort_keys=True) + "\n")
-                    fh.flush()
-                if progress is not None:
-                    progress(t, self.horizon, rec)
-        finally:
-            self.learners.close()
-            if fh is not None:
-                fh.close()
-        summary = self.summarize(records, time.perf_counter() - start)
-        if out is not None:
-            (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
-            if self.sc.metrics.plots and summary["final"]["honest_mean_acc"] is not None:
-                from flava_p2p.sim.plots import plot_accuracy
-
-                summary["plots"] = [
-                    str(plot_accuracy([(self.sc.name, records)], out / "accuracy.png"))
-                ]
-                if self.sc.data.arrival is not None:
-                    from flava_p2p.sim.plots import plot_arrival
-
-                    summary["plots"].append(str(plot_arrival(records, out / "arrival.png")))
-                (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
-        return summary
-
-    def summarize(self, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-        """Headline numbers of a run (the last record plus time-to-accuracy and costs)."""
-        last = records[-1] if records else {}
-        reached = next((r["t"] for r in records if (r["honest_mean_acc"] or 0) >= 0.8), None)
-        sc = self.sc
-        rounds_done = last.get("round_mean", 0.0)
-        extra: dict[str, Any] = {"data": last["data"]} if "data" in last else {}
-        sizes = getattr(self.learners, "clips_per_node", None)
-        if sizes:
-            extra["clips_per_node"] = {
-                "min": int(min(sizes)),
-                "median": float(np.median(sizes)),
-                "max": int(max(sizes)),
-            }
-        return extra | {
-            "name": sc.name,
-            "seed": self.seed,
-            "nodes": sc.nodes,
-            "honest": len(self.honest),
-            "byzantine": sorted(self.byzantine),
-            "attack": sc.byzantine.attack if self.byzantine else None,
-            "aggregation": sc.gossip.aggregation,
-            "defence": defence_label(sc),
-            "topology": sc.topology.kind,
-            "wire": "real" if sc.wire == "real" else FAST_WIRE_LABEL,
-            "learner": sc.learner.kind,
-            "model": sc.learner.model if sc.learner.kind == "real" else None,
-            "rounds": sc.rounds,
-            "privacy": {
-                "unit": "example" if sc.privacy.epsilon is not None else None,
-                "target_epsilon": sc.privacy.epsilon,
-                "epsilon_max": last.get("epsilon_max"),
-                "delta": sc.privacy.delta if sc.privacy.epsilon is not None else None,
+            "events": self._events,
+            "data": stats(mine) if stats is not None and self.sc.data.arrival else None,
+            "attack_sent": self._attack_sent,
+            "clips_per_node": {
+                i: n
+                for i, n in enumerate(getattr(self.learners, "clips_per_node", []) or [])
+                if net.runs(i)
             },
-            "final": {
-                k: last.get(k)
-                for k in (
-                    "honest_mean_acc",
-                    "honest_worst_acc",
-                    "honest_median_acc",
-                    "consensus_distance",
-                    "bytes_sent",
-                    "delivered",
-                    "dropped",
-                    "rejections",
-                    "penalties",
-                    "alive",
-                )
-            },
-            "best_honest_mean_acc": max(
-                (r["honest_mean_acc"] for r in records if r["honest_mean_acc"] is not None),
-                default=None,
-            ),
-            "virtual_seconds_to_80pct": reached,
-            "virtual_seconds": self.horizon,
-            "wall_seconds": round(wall, 3),
-            "rounds_per_wall_second": round(rounds_done / wall, 4) if wall > 0 else None,
-            "faults_sent": dict(sum((f.sent for f in self._faults), Counter())),
-            "attack_datagrams_sent": dict(self._attack_sent),
         }
+
+    # ------------------------------------------------------------------ running (RunLoop)
+    def _start(self) -> None:
+        self.net.start()
+
+    def _advance(self, t: float) -> None:
+        self.net.run_until(t)
+
+    def _close(self) -> None:
+        self.learners.close()
+
+    def _costs(self) -> tuple[list[int], Counter[str], Counter[str]]:
+        sizes = list(getattr(self.learners, "clips_per_node", None) or [])
+        return sizes, sum((f.sent for f in self._faults), Counter()), self._attack_sent
+
+
+def combine_measures(
+    sc: Scenario, byzantine: set[int], parts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One metrics record from the :meth:`Simulation.measure_part` of every partition:
+    node-keyed values are ordered by node and counters summed, so the record is the same
+    byte for byte however the nodes were split."""
+
+    def merged(key: str) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        for p in parts:
+            out.update(p[key])
+        return dict(sorted(out.items()))
+
+    models, rounds, acc, eps = merged("models"), merged("rounds"), merged("acc"), merged("eps")
+    sent = merged("bytes_sent")
+    honest = [i for i in range(sc.nodes) if i not in byzantine]
+    up = list(models)
+    stack = np.stack([models[i] for i in up]) if up else np.zeros((0, 1), np.float32)
+    centre = stack.mean(0) if len(stack) else stack
+    consensus = float(np.linalg.norm(stack - centre, axis=1).mean()) if len(stack) else 0.0
+    values = list(acc.values())
+    eps_values = list(eps.values())
+
+    def total(key: str) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for p in parts:
+            c.update(p[key])
+        return dict(sorted(c.items()))
+
+    rec: dict[str, Any] = {
+        "t": round(parts[0]["t"], 6),
+        "round_mean": float(np.mean(list(rounds.values()))) if up else 0.0,
+        "alive": len(up),
+        "honest_mean_acc": float(np.mean(values)) if values else None,
+        "honest_worst_acc": float(np.min(values)) if values else None,
+        "honest_median_acc": float(np.median(values)) if values else None,
+        "acc": {str(k): round(v, 6) for k, v in acc.items()},
+        "consensus_distance": round(consensus, 6),
+        "epsilon_max": max(eps_values) if eps_values else None,
+        "epsilon_mean": float(np.mean(eps_values)) if eps_values else None,
+        "bytes_sent": int(sum(sent.values())),
+        "bytes_sent_honest_mean": float(np.mean([sent[i] for i in honest])),
+        "delivered": sum(p["delivered"] for p in parts),
+        "dropped": sum(p["dropped"] for p in parts),
+        "rejections": total("rejections"),
+        "penalties": total("penalties"),
+        "byzantine_graylist_pairs": sum(p["graylisted"] for p in parts),
+        "events": total("events"),
+    }
+    if parts[0]["data"] is not None:
+        rec["data"] = {k: sum(p["data"][k] for p in parts) for k in parts[0]["data"]}
+    return rec
 
 
 def run_scenario(

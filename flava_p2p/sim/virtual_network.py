@@ -8,6 +8,12 @@ simulator (real DP-SGD learners). What a link does to each datagram is a :class:
 
 Scaling: node timers live in a heap with lazy invalidation (a node's entry is re-pushed whenever
 it is touched and stale entries are skipped), so one event costs O(log N), not O(N).
+
+Partitions: the outcome never depends on how nodes are grouped into processes. Every link draws
+from its sender's own RNG, and queued events are ordered by (time, node concerned, kind, origin
+node, origin's counter) — keys that any process holding the origin node computes alike, instead
+of a global insertion counter. A network may own only some nodes (``owned``); datagrams to the
+others are collected in :attr:`remote` for the engine to deliver (sim/partitioned.py).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from flava_p2p.protocol.node import Addr, Event, NodeCore, TrainRequest
 from flava_p2p.wire.messages import DpInfo
 
 Vec = npt.NDArray[np.float32]
+#: (arrival time, destination, origin node, origin's counter, source address, datagram)
+RemoteDatagram = tuple[float, int, int, int, Addr, bytes]
+# Event kinds, in their order among one node's events at the same instant.
+_DATAGRAM, _CALLBACK = 0, 1
 #: learner(node_index, model_after_merge) -> (trained model, sample count, dp info)
 Learner = Callable[[int, Vec], tuple[Vec, int, DpInfo]]
 TrainResult = tuple[Vec, int, DpInfo]
@@ -87,12 +97,18 @@ class VirtualNetwork:
     """Sees every datagram a node's core sends (not injected ones): network attackers
     remember their own traffic for ``replay``."""
 
+    owned: set[int] | None = None
+    """Nodes this network runs (None: all). Datagrams to others go to :attr:`remote`."""
+
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self._queue: list[tuple[float, int, int, object]] = []
-        self._timers: list[tuple[float, int, int]] = []
+        self._queue: list[tuple[float, int, int, int, int, object]] = []
+        self._timers: list[tuple[float, int]] = []
         self._scheduled: list[float] = []
-        self._tie = itertools.count()
+        self._link_rngs: dict[int, random.Random] = {}
+        self._origin_seq: dict[int, int] = {}
+        self._external = itertools.count()
+        self.remote: list[RemoteDatagram] = []
+        """Datagrams for nodes owned elsewhere, in send order (taken by the engine)."""
         self.bytes_sent: list[int] = []
         self.bytes_received: list[int] = []
         self.last_sent: list[tuple[int, bytes] | None] = []
@@ -115,9 +131,10 @@ class VirtualNetwork:
         return int(parts[2]) * 250 + int(parts[3]) - 1
 
     # ------------------------------------------------------------------ lifecycle
-    def add(self, node: NodeCore) -> int:
-        """Register a node (its index decides its address); returns the index."""
-        self.nodes.append(node)
+    def add(self, node: NodeCore | None) -> int:
+        """Register a node (its index decides its address); returns the index. ``None``: a
+        node another partition owns (never touched here)."""
+        self.nodes.append(node)  # type: ignore[arg-type]
         self._scheduled.append(float("nan"))
         self.bytes_sent.append(0)
         self.bytes_received.append(0)
@@ -128,7 +145,7 @@ class VirtualNetwork:
     def start(self) -> None:
         """Start every node that is up at the current time."""
         for i, node in enumerate(self.nodes):
-            if i not in self.down:
+            if i not in self.down and self.runs(i):
                 node.start(self.now)
                 self._after(i)
 
@@ -150,17 +167,44 @@ class VirtualNetwork:
             self._scheduled[i] = float("nan")
             self._after(i)
 
+    def runs(self, i: int) -> bool:
+        """Whether node ``i`` is simulated by this network (not by another partition)."""
+        return self.owned is None or i in self.owned
+
+    def link_rng(self, i: int) -> random.Random:
+        """Node ``i``'s link RNG: what happens to its datagrams depends on nothing else."""
+        rng = self._link_rngs.get(i)
+        if rng is None:
+            rng = self._link_rngs[i] = random.Random(f"{self.seed}/links/{i}")
+        return rng
+
     # ------------------------------------------------------------------ scheduling
     def inject(self, addr: Addr, dst: int, datagram: bytes, delay: float = 0.0) -> None:
         """Deliver a raw datagram from ``addr`` to node ``dst`` (faults, attackers)."""
-        self._push(self.now + delay, dst, (addr, datagram))
+        self._push(self.now + delay, dst, _DATAGRAM, -1, next(self._external), (addr, datagram))
 
-    def call_at(self, t: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` at virtual time ``t`` (churn, fault injection, measurements)."""
-        self._push(t, -1, fn)
+    def call_at(self, t: float, fn: Callable[[], None], node: int = -1) -> None:
+        """Run ``fn`` at virtual time ``t`` (churn, faults, a burst's end). ``node``: the node
+        it concerns (orders it among that node's events; -1 for network-wide ones)."""
+        self._push(t, node, _CALLBACK, node, self._next_seq(node), fn)
 
-    def _push(self, t: float, dst: int, payload: object) -> None:
-        heapq.heappush(self._queue, (t, next(self._tie), dst, payload))
+    def _next_seq(self, origin: int) -> int:
+        n = self._origin_seq.get(origin, 0)
+        self._origin_seq[origin] = n + 1
+        return n
+
+    def _push(self, t: float, dst: int, kind: int, origin: int, seq: int, payload: object) -> None:
+        heapq.heappush(self._queue, (t, dst, kind, origin, seq, payload))
+
+    def deliver_remote(self, batch: list[RemoteDatagram]) -> None:
+        """Queue datagrams another partition sent to nodes of this one."""
+        for t, dst, origin, seq, src, datagram in batch:
+            self._push(t, dst, _DATAGRAM, origin, seq, (src, datagram))
+
+    def next_event_time(self) -> float:
+        """When the next event happens here (inf: nothing scheduled)."""
+        queue_t = self._queue[0][0] if self._queue else float("inf")
+        return min(queue_t, self._next_timer())
 
     def run_until(self, t_end: float) -> None:
         """Process events until virtual time ``t_end``; datagrams before timers on ties."""
@@ -172,8 +216,8 @@ class VirtualNetwork:
                 break
             self.now = t
             if queue_t <= timer_t:
-                _, _, dst, payload = heapq.heappop(self._queue)
-                if dst < 0:
+                _, dst, kind, _, _, payload = heapq.heappop(self._queue)
+                if kind == _CALLBACK:
                     payload()  # type: ignore[operator]
                     continue
                 if dst in self.down:
@@ -187,7 +231,7 @@ class VirtualNetwork:
                 self.delivered += 1
                 self._after(dst)
             else:
-                _, _, i = heapq.heappop(self._timers)
+                _, i = heapq.heappop(self._timers)
                 self._scheduled[i] = float("nan")
                 self.nodes[i].timer(t)
                 self._after(i)
@@ -196,7 +240,7 @@ class VirtualNetwork:
     def _next_timer(self) -> float:
         """Earliest valid timer, discarding stale heap entries."""
         while self._timers:
-            t, _, i = self._timers[0]
+            t, i = self._timers[0]
             if i not in self.down and self._scheduled[i] == t:
                 return t
             heapq.heappop(self._timers)
@@ -215,7 +259,7 @@ class VirtualNetwork:
                     if i in self._pending:
                         continue  # still busy with the previous burst: this round skips it
                     self._pending[i] = (self._generation[i], node.model.copy())
-                    self.call_at(self.now + self.train_delay, partial(self._train_done, i))
+                    self.call_at(self.now + self.train_delay, partial(self._train_done, i), i)
                     continue
                 trained, samples, dp = self._train_now(i, node.model)
                 node.local_update(trained, samples, dp, self.now)
@@ -228,7 +272,7 @@ class VirtualNetwork:
             deadline = node.next_deadline()
             if deadline != self._scheduled[i]:
                 self._scheduled[i] = deadline
-                heapq.heappush(self._timers, (deadline, next(self._tie), i))
+                heapq.heappush(self._timers, (deadline, i))
 
     def _train_now(self, i: int, model: Vec) -> TrainResult:
         if self.learner is not None:
@@ -254,14 +298,15 @@ class VirtualNetwork:
     def send_from(self, i: int, src: Addr, dst_addr: Addr, datagram: bytes) -> None:
         """Put one datagram from node ``i`` on the link to ``dst_addr`` (a multicast group
         address reaches every other node, each over its own link, like a LAN)."""
+        rng = self.link_rng(i)
         if _is_multicast(dst_addr[0]):
             if i in self.down:
                 return
             self.bytes_sent[i] += len(datagram)
             for dst in range(len(self.nodes)):
                 if dst != i:
-                    for delay in self.link.transmit(i, dst, len(datagram), self.now, self.rng):
-                        self._push(self.now + delay, dst, (src, datagram))
+                    for delay in self.link.transmit(i, dst, len(datagram), self.now, rng):
+                        self._route(self.now + delay, dst, i, src, datagram)
             return
         dst = self.index_of(dst_addr)
         if i in self.down or not 0 <= dst < len(self.nodes):
@@ -269,11 +314,18 @@ class VirtualNetwork:
             return
         self.bytes_sent[i] += len(datagram)
         self.last_sent[i] = (dst, datagram)
-        delays = self.link.transmit(i, dst, len(datagram), self.now, self.rng)
+        delays = self.link.transmit(i, dst, len(datagram), self.now, rng)
         if not delays:
             self.dropped += 1
         for delay in delays:
-            self._push(self.now + delay, dst, (src, datagram))
+            self._route(self.now + delay, dst, i, src, datagram)
+
+    def _route(self, t: float, dst: int, origin: int, src: Addr, datagram: bytes) -> None:
+        seq = self._next_seq(origin)
+        if self.runs(dst):
+            self._push(t, dst, _DATAGRAM, origin, seq, (src, datagram))
+        else:
+            self.remote.append((t, dst, origin, seq, src, datagram))
 
 
 @functools.lru_cache(maxsize=4096)
