@@ -238,6 +238,7 @@ class Simulation(RunLoop):
             else None
         )
         self.gossip = self._gossip_config()
+        self._descriptors: dict[int, PeerDescriptor] = {}
         for i in range(n):
             self.net.add(self._build_core(i, first_seq=0) if self.net.runs(i) else None)
         self._restore_views()
@@ -264,7 +265,8 @@ class Simulation(RunLoop):
                 update={"fanout": degree, "view_size": max(2, degree), "shuffle_period_s": 1e12}
             )
         if kind == "dynamic":
-            return sc.gossip.model_copy(update={"view_size": max(2, min(n - 1, 1024))})
+            known = sc.topology.known_peers
+            return sc.gossip.model_copy(update={"view_size": max(2, min(n - 1, known))})
         return sc.gossip
 
     def _address(self, i: int) -> str:
@@ -272,10 +274,16 @@ class Simulation(RunLoop):
         return make_multiaddr(host, port, self.identities[i].peer_id)
 
     def _descriptor(self, i: int) -> PeerDescriptor:
+        # One immutable object per node, shared by every view that holds it (memory).
+        cached = self._descriptors.get(i)
+        if cached is not None:
+            return cached
         ident = self.identities[i]
-        return PeerDescriptor(
+        desc = PeerDescriptor(
             ident.peer_id, ident.keys.box_key, ident.keys.box_key_sig, (self._address(i),)
         )
+        self._descriptors[i] = desc
+        return desc
 
     def node_config(self, i: int) -> NodeConfig:
         """Node i's settings as the ``node.yaml`` a real node would run with."""
@@ -349,7 +357,8 @@ class Simulation(RunLoop):
                 others = [j for j in range(n) if j != i]
                 # Each node's own seeded draw, so partitions build the same views.
                 rng = random.Random(f"{self.seed}/view/{i}")
-                peers = others if len(others) <= 1024 else rng.sample(others, 1024)
+                known = self.sc.topology.known_peers
+                peers = others if len(others) <= known else rng.sample(others, known)
             core.restore_view([self._descriptor(j) for j in peers])
 
     def _schedule_churn(self) -> None:

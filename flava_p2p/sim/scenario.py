@@ -128,6 +128,9 @@ class Topology(_Strict):
     """Edge probability (erdos_renyi) or rewiring probability (watts_strogatz)."""
     m: int = Field(default=2, ge=1)
     """Edges per new node for ``barabasi_albert``."""
+    known_peers: int = Field(default=1024, ge=2)
+    """``dynamic``: how many peers (a seeded random sample) each node knows when the network
+    is larger; Cyclon shuffles keep those samples fresh. Memory grows as nodes × this."""
 
 
 class Arrival(_Strict):
