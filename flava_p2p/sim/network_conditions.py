@@ -102,12 +102,12 @@ class SimLinks:
             return []
         if m.burst is not None and self._burst_lost((src, dst), rng):
             return []
-        delay = wait + draw(m.latency, rng)
+        delay = wait + max(m.min_latency_s, draw(m.latency, rng))
         if m.reorder and rng.random() < m.reorder:
             delay += draw(m.reorder_delay, rng)
         out = [delay]
         if m.duplicate and rng.random() < m.duplicate:
-            out.append(delay + draw(m.latency, rng))
+            out.append(delay + max(m.min_latency_s, draw(m.latency, rng)))
         return out
 
     def _burst_lost(self, link: tuple[int, int], rng: random.Random) -> bool:

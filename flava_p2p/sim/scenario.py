@@ -87,6 +87,10 @@ class NetworkModel(_Strict):
     """Per-datagram link behaviour between every pair of nodes."""
 
     latency: Dist = Field(default_factory=lambda: Dist(dist="uniform", low=0.005, high=0.05))
+    min_latency_s: float = Field(default=0.0, ge=0)
+    """No datagram arrives sooner than this (a floor under every latency draw, as light and
+    routers impose). A partitioned run (``--engine ray``) advances its processes in windows
+    of this length, so it must be > 0 there; larger is faster."""
     bandwidth_bps: float | None = Field(default=None, gt=0)
     """Uplink of every node in bits/s: datagrams queue behind each other (None: unlimited)."""
     loss: float = Field(default=0.0, ge=0, le=1)

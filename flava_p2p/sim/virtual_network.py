@@ -214,6 +214,8 @@ class VirtualNetwork:
             t = min(timer_t, queue_t)
             if t > t_end:
                 break
+            if t < self.now:  # an engine bug, not bad input: results would depend on it
+                raise RuntimeError(f"virtual time went back from {self.now} to {t}")
             self.now = t
             if queue_t <= timer_t:
                 _, dst, kind, _, _, payload = heapq.heappop(self._queue)
@@ -269,7 +271,10 @@ class VirtualNetwork:
                 self.on_send(i, send.addr, send.datagram)
             self.send_from(i, src, send.addr, send.datagram)
         if i not in self.down:
-            deadline = node.next_deadline()
+            # A deadline can fall behind the clock (a new RTT sample shortens the timeout of a
+            # probe already out): it is due now, as a real event loop would run it, never in
+            # the past — time going backwards would reorder this node against the others.
+            deadline = max(node.next_deadline(), self.now)
             if deadline != self._scheduled[i]:
                 self._scheduled[i] = deadline
                 heapq.heappush(self._timers, (deadline, i))
