@@ -18,7 +18,14 @@ from flava_p2p.config import FeatureConfig
 from flava_p2p.speech.audio import AudioError, load_clip
 from flava_p2p.speech.dataset import DatasetError, load_features, scan_corpus
 from flava_p2p.speech.features import center_on_energy
-from flava_p2p.speech.partition import PartitionError, by_speaker, dirichlet, iid
+from flava_p2p.speech.partition import (
+    PartitionError,
+    by_speaker,
+    dirichlet,
+    fixed_size,
+    iid,
+    quantity_skewed,
+)
 from flava_p2p.speech.synth import synthesize_corpus
 
 
@@ -225,6 +232,31 @@ class TestPartitioners:
         assert sorted(per_speaker.values()) == [2, 2, 2, 2, 2, 3, 3]
         again = by_speaker(self.speakers, n_parts=16, seed=2)
         assert all((a == b).all() for a, b in zip(parts, again, strict=True))
+
+    def test_fixed_clips_per_node(self) -> None:
+        """Shares of exactly k clips, each of one speaker, disjoint, seeded; asking for more
+        shares than exist is a clear error."""
+        cut = by_speaker(self.speakers, n_parts=14, seed=0)  # 7 speakers × 2 shares of 5
+        parts = fixed_size(cut, 6, 4, seed=3)
+        assert [len(p) for p in parts] == [4] * 6
+        assert all(len({self.speakers[i] for i in p}) == 1 for p in parts)
+        flat = np.concatenate(parts)
+        assert len(set(flat.tolist())) == len(flat)
+        again = fixed_size(cut, 6, 4, seed=3)
+        assert all((a == b).all() for a, b in zip(parts, again, strict=True))
+        with pytest.raises(PartitionError, match="fewer nodes"):
+            fixed_size(cut, 15, 4)
+
+    def test_quantity_skew(self) -> None:
+        """Lognormal sizes: every clip once, every node ≥ 1, skew grows with sigma."""
+        flat = quantity_skewed(1000, 20, 0.0, seed=1)
+        skewed = quantity_skewed(1000, 20, 1.5, seed=1)
+        for parts in (flat, skewed):
+            self._check_cover(parts, 1000)
+            assert min(len(p) for p in parts) >= 1
+        assert max(len(p) for p in flat) - min(len(p) for p in flat) <= 1
+        sizes = sorted(len(p) for p in skewed)
+        assert sizes[-1] > 4 * sizes[len(sizes) // 2]
 
     def test_impossible_requests(self) -> None:
         """More nodes than one speaker's clips is a clear PartitionError naming the speaker."""

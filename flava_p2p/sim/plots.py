@@ -88,6 +88,33 @@ def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path
     return path
 
 
+def plot_nodes(points: Sequence[tuple[int, float | None, float, float]], path: Path) -> Path:
+    """Final honest accuracy (mean solid, worst dashed) against the number of nodes, one
+    colour per example-level ε target (∞ = no DP)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    targets = sorted({e for _, e, _, _ in points}, key=lambda e: (e is None, e or 0.0))
+    for k, eps in enumerate(targets):
+        pts = sorted((n, m, w) for n, e, m, w in points if e == eps)
+        label = "no DP" if eps is None else f"ε = {eps:g}"
+        colour = f"C{k}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{label} mean")
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", color=colour, alpha=0.6,
+                label=f"{label} worst")  # fmt: skip
+    ns = sorted({n for n, _, _, _ in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("nodes (same clips per node)")
+    ax.set_ylabel("final held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_heatmap(
     rows: Sequence[str], cols: Sequence[str], values: dict[tuple[str, str], float], path: Path
 ) -> Path:

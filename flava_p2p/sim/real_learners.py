@@ -314,10 +314,16 @@ def _partition(
 ) -> list[npt.NDArray[np.int64]]:
     from flava_p2p.speech import partition
 
-    n = sc.nodes
-    if sc.data.partition == "speaker":
+    n, data = sc.nodes, sc.data
+    if data.partition == "speaker":
+        if data.clips_per_node is not None:
+            shares = max(1, len(speakers) // data.clips_per_node)
+            cut = partition.by_speaker(speakers, n_parts=shares, seed=seed)
+            return partition.fixed_size(cut, n, data.clips_per_node, seed=seed)
         # More nodes than speakers: each speaker's clips are split over several nodes.
         return partition.by_speaker(speakers, n_parts=n, seed=seed)
-    if sc.data.partition == "iid":
+    if data.partition == "iid":
+        if data.quantity_skew is not None:
+            return partition.quantity_skewed(len(labels), n, data.quantity_skew, seed=seed)
         return partition.iid(len(labels), n, seed=seed)
     return partition.dirichlet(labels, n, sc.data.alpha, seed=seed)

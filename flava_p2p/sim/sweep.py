@@ -181,7 +181,7 @@ def _target_epsilon(privacy: dict[str, Any]) -> float | None:
 def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Compare runs: ``report.json`` plus accuracy, privacy and attack×defence plots as the
     runs' differences allow."""
-    from flava_p2p.sim.plots import plot_accuracy, plot_heatmap, plot_privacy
+    from flava_p2p.sim.plots import plot_accuracy, plot_heatmap, plot_nodes, plot_privacy
 
     out.mkdir(parents=True, exist_ok=True)
     loaded = [load_run(d) for d in run_dirs]
@@ -209,7 +209,13 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     if curves and any(r["honest_mean_acc"] is not None for r in rows):
         report["plots"].append(str(plot_accuracy(curves, out / "accuracy.png")))
     eps = {r["epsilon_target"] for r in rows}
-    if len(eps) > 1:
+    if len({r["nodes"] for r in rows}) > 1:
+        by_n = [
+            (r["nodes"], r["epsilon_target"], r["honest_mean_acc"], r["honest_worst_acc"])
+            for r in rows
+        ]
+        report["plots"].append(str(plot_nodes(by_n, out / "nodes.png")))
+    elif len(eps) > 1:
         pts = [(r["epsilon_target"], r["honest_mean_acc"], r["honest_worst_acc"]) for r in rows]
         report["plots"].append(str(plot_privacy(pts, out / "privacy.png")))
     attacks = sorted({r["attack"] for r in rows})

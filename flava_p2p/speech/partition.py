@@ -107,3 +107,34 @@ def dirichlet(
         f"dirichlet(alpha={alpha}) could not give every one of {n_parts} parts ≥ {min_size} "
         f"items in 100 draws; raise alpha or use fewer parts."
     )
+
+
+def fixed_size(parts: list[np.ndarray], n_parts: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """``n_parts`` parts of exactly ``size`` items: a seeded choice among ``parts`` (e.g. the
+    speaker partition cut into as many shares as the data allows), each trimmed to ``size``.
+    For studies that vary the number of nodes at a fixed amount of data per node."""
+    rng = np.random.default_rng([seed, 2])
+    big = [p for p in parts if len(p) >= size]
+    if size < 1 or n_parts > len(big):
+        raise PartitionError(
+            f"only {len(big)} shares of ≥ {size} clips exist; use fewer nodes, fewer clips per "
+            f"node or a bigger corpus."
+        )
+    chosen = sorted(rng.choice(len(big), size=n_parts, replace=False).tolist())
+    return [np.sort(rng.choice(big[k], size=size, replace=False)) for k in chosen]
+
+
+def quantity_skewed(n_items: int, n_parts: int, sigma: float, seed: int = 0) -> list[np.ndarray]:
+    """Random parts whose sizes follow a lognormal with shape ``sigma`` (0: equal sizes), as
+    device data does: a few nodes hold much, most hold little. Every part gets ≥ 1 item."""
+    if n_parts < 1 or n_parts > n_items:
+        raise PartitionError(f"cannot split {n_items} items into {n_parts} parts.")
+    if sigma < 0:
+        raise PartitionError("quantity skew sigma must be ≥ 0 (0 = equal sizes).")
+    rng = np.random.default_rng([seed, 3])
+    weights = rng.lognormal(0.0, sigma, size=n_parts)
+    sizes = 1 + np.floor(weights / weights.sum() * (n_items - n_parts)).astype(np.int64)
+    sizes[: n_items - int(sizes.sum())] += 1  # hand out the rounding remainder
+    perm = rng.permutation(n_items)
+    cuts = np.cumsum(sizes)[:-1]
+    return [np.sort(part) for part in np.split(perm, cuts)]
