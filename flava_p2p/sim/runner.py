@@ -93,6 +93,7 @@ class RunLoop:
         every = self.sc.metrics.every_s or self.period
         out = Path(out_dir) if out_dir else None
         records: list[dict[str, Any]] = []
+        walls: list[float] = []  # wall seconds at each record (summary only: metrics are virtual)
         fh = None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ class RunLoop:
                 self._advance(t)
                 rec = self.measure()
                 records.append(rec)
+                walls.append(round(time.perf_counter() - start, 3))
                 if fh is not None:
                     fh.write(json.dumps(rec, sort_keys=True) + "\n")
                     fh.flush()
@@ -118,6 +120,7 @@ class RunLoop:
             if fh is not None:
                 fh.close()
         summary = self.summarize(records, time.perf_counter() - start)
+        summary["wall_seconds_at_measurements"] = walls
         if out is not None:
             (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
             if self.sc.metrics.plots and summary["final"]["honest_mean_acc"] is not None:
