@@ -388,6 +388,19 @@ class TestScenarioFiles:
         assert {"accuracy.png", "privacy.png", "heatmap.png"} <= names
         assert "sign_flip|mean" in report["matrix"]["damage_vs_no_attack"]
 
+    def test_node_count_sweep_plots_accuracy_against_n(self, tmp_path: Path) -> None:
+        """Runs that differ in their node count get nodes.png (accuracy against N)."""
+        from flava_p2p.sim.sweep import write_report
+
+        dirs = []
+        for n in (4, 8):
+            run_scenario(scenario(nodes=n, rounds=2), tmp_path / f"n{n}")
+            dirs.append(tmp_path / f"n{n}")
+        report = write_report(dirs, tmp_path / "rep")
+        assert "nodes.png" in {Path(p).name for p in report["plots"]}
+        assert (tmp_path / "rep" / "nodes.png").stat().st_size > 0
+        assert [r["nodes"] for r in report["runs"]] == [4, 8]
+
     def test_sweep_resume_runs_only_unfinished_cells(self, tmp_path: Path) -> None:
         """An interrupted sweep resumed: finished cells are kept as they are, the rest run."""
         from flava_p2p.sim.sweep import run_sweep
