@@ -406,6 +406,12 @@ class ApiConfig(_Strict):
 
     host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
+    max_upload_bytes: int = Field(default=4 << 20, ge=1024, le=64 << 20)
+    """Largest request body POST /v1/recognize accepts."""
+    max_clip_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Longest clip POST /v1/recognize accepts."""
+    resample: bool = True
+    """Accept clips at rates other than 8 and 16 kHz by resampling them (false: refuse)."""
 
 
 class NodeConfig(_Strict):

@@ -1,7 +1,10 @@
-"""On-device inference: a checkpoint + audio files → top-k labels with probabilities."""
+"""On-device inference: a checkpoint + audio files → top-k labels with probabilities, and the
+running node's live model (:class:`LiveRecognizer`) for its local API."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from flava_p2p.config import FeatureConfig, ModelConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.learning.checkpoint import load_checkpoint
 from flava_p2p.learning.models import build_model
-from flava_p2p.speech.audio import load_clip
+from flava_p2p.speech.audio import fix_length, load_clip
 from flava_p2p.speech.features import make_frontend
 
 
@@ -63,3 +66,63 @@ class KeywordSpotter:
         fc = self.feature_cfg
         wave = load_clip(path, fc.sample_rate, fc.clip_seconds, self.extractor.center)
         return Prediction(str(path), self.predict_waves(wave[None, :], k)[0])
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One clip recognised by the live model."""
+
+    label: str
+    probabilities: dict[str, float]
+    model_round: int
+    latency_ms: float
+
+
+class LiveRecognizer:
+    """The node's current model for recognition requests, apart from the training model.
+
+    Training mutates the trainer's weights in another thread; this keeps its own copy of the
+    architecture and loads the core's current merged weights for every request, so a request
+    never sees half-updated weights and never waits for a training burst."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        feature_cfg: FeatureConfig,
+        labels: list[str],
+        threads: int = 1,
+    ) -> None:
+        self.feature_cfg = feature_cfg
+        self.labels = list(labels)
+        self.extractor = make_frontend(feature_cfg, threads)
+        self.model: nn.Module = build_model(
+            model_cfg, len(self.labels), self.extractor.n_features, self.extractor.n_frames
+        )
+        self.model.train(False)
+        self._lock = threading.Lock()  # one request at a time loads and runs the model
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples of one model input (the front end's clip length)."""
+        fc = self.feature_cfg
+        return round(fc.sample_rate * fc.clip_seconds)
+
+    @torch.no_grad()
+    def recognize(self, wave: np.ndarray, weights: np.ndarray, model_round: int) -> Recognition:
+        """Probabilities of every label for one mono clip at the front end's rate."""
+        start = time.perf_counter()
+        clip = fix_length(np.asarray(wave, dtype=np.float32), self.clip_samples,
+                          self.extractor.center)  # fmt: skip
+        flat = torch.tensor(np.asarray(weights, dtype=np.float32))  # a copy: the core moves on
+        with self._lock:
+            # Loading is a copy of a few thousand floats: cheaper than tracking staleness.
+            torch.nn.utils.vector_to_parameters(flat, self.model.parameters())
+            feats = self.extractor(torch.from_numpy(clip[None, :]))
+            probs = torch.softmax(self.model(feats), dim=1)[0].tolist()
+        ranked = sorted(zip(self.labels, probs, strict=True), key=lambda kv: -kv[1])
+        return Recognition(
+            label=ranked[0][0],
+            probabilities={k: round(float(v), 6) for k, v in ranked},
+            model_round=model_round,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2),
+        )

@@ -1,13 +1,18 @@
-"""Local status API on loopback: ``/status`` (JSON) and ``/metrics`` (Prometheus text)."""
+"""Local API on loopback: ``/status`` (JSON), ``/metrics`` (Prometheus text), and
+``POST /v1/recognize`` (a clip → label and probabilities from the live model); the OpenAPI
+description is at ``/v1/openapi.json``."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from flava_p2p.identity import peer_id_to_str
+from flava_p2p.speech.upload import UploadError, UploadLimits, decode_upload
 
 if TYPE_CHECKING:
     from flava_p2p.runtime.driver import NodeRunner
@@ -135,8 +140,18 @@ def prometheus_text(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def start_api(node: NodeRunner, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Serve the API; returns the runner (for cleanup) and its base URL."""
+def build_app(node: NodeRunner) -> web.Application:
+    """The API's routes for one node (served by :func:`start_api`)."""
+    from flava_p2p.learning.inference import LiveRecognizer
+
+    api = node.cfg.api
+    limits = UploadLimits(
+        max_bytes=api.max_upload_bytes,
+        max_seconds=api.max_clip_seconds,
+        resample_other_rates=api.resample,
+    )
+    tr = node.trainer
+    recognizer = LiveRecognizer(tr.model_cfg, tr.feature_cfg, tr.label_names)
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_snapshot(node))
@@ -144,10 +159,150 @@ async def start_api(node: NodeRunner, host: str, port: int) -> tuple[web.AppRunn
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=prometheus_text(status_snapshot(node)), content_type="text/plain")
 
-    app = web.Application()
+    async def recognize(request: web.Request) -> web.Response:
+        try:
+            body = await _read_clip(request, limits)
+            clip = await asyncio.to_thread(
+                decode_upload, body, recognizer.feature_cfg.sample_rate, limits
+            )
+        except UploadError as exc:
+            key = "api_rejected_" + exc.reason
+            node.counters[key] = node.counters.get(key, 0) + 1
+            return _error(exc.status, exc.reason, str(exc))
+        weights, round_ = node.core.model, node.core.round
+        result = await asyncio.to_thread(recognizer.recognize, clip.wave, weights, round_)
+        node.counters["api_recognized"] = node.counters.get("api_recognized", 0) + 1
+        return web.json_response(
+            {
+                "clip_id": hashlib.sha256(body).hexdigest(),
+                "label": result.label,
+                "probabilities": result.probabilities,
+                "model_round": result.model_round,
+                "latency_ms": result.latency_ms,
+                "audio": {
+                    "format": clip.format,
+                    "sample_rate": clip.source_rate,
+                    "seconds": round(clip.seconds, 3),
+                },
+            }
+        )
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(openapi_document(limits))
+
+    # Bodies are capped by hand (a JSON 413), so aiohttp's own cap sits just above ours.
+    app = web.Application(client_max_size=limits.max_bytes + (64 << 10))
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
+    app.router.add_post("/v1/recognize", recognize)
+    app.router.add_get("/v1/openapi.json", openapi)
+    return app
+
+
+async def _read_clip(request: web.Request, limits: UploadLimits) -> bytes:
+    """The clip's bytes: the raw body, or the first file part of a multipart form."""
+    too_large = UploadError(
+        413, "too_large", f"the body exceeds {limits.max_bytes} bytes (api.max_upload_bytes)."
+    )
+    if request.content_length is not None and request.content_length > limits.max_bytes + 65536:
+        raise too_large
+    try:
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and (part.filename or part.name):
+                    data = await part.read(decode=False)
+                    if len(data) > limits.max_bytes:
+                        raise too_large
+                    return bytes(data)
+            raise UploadError(400, "no_file", "the multipart form has no file part.")
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except ValueError as exc:  # malformed multipart framing
+        raise UploadError(400, "bad_multipart", f"malformed multipart body ({exc}).") from None
+    if len(data) > limits.max_bytes:
+        raise too_large
+    return data
+
+
+def _error(status: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"error": reason, "message": message}, status=status)
+
+
+def openapi_document(limits: UploadLimits) -> dict[str, Any]:
+    """OpenAPI 3.1 description of the local API."""
+    error = {
+        "description": "unusable clip",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                }
+            }
+        },
+    }
+    audio = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "flava-node local API", "version": "1"},
+        "paths": {
+            "/status": {"get": {"summary": "node status (JSON)", "responses": {"200": {}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {}}}},
+            "/v1/recognize": {
+                "post": {
+                    "summary": "recognise one clip with the live model",
+                    "description": (
+                        f"WAV or FLAC, mono, at most {limits.max_seconds:g} s and "
+                        f"{limits.max_bytes} bytes; 8 or 16 kHz (other rates "
+                        f"{'resampled' if limits.resample_other_rates else 'refused'}). Raw "
+                        "body (audio/wav, audio/flac) or multipart/form-data with one file."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "audio/wav": audio,
+                            "audio/flac": audio,
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "label, probabilities, model round, latency",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "clip_id": {"type": "string"},
+                                            "label": {"type": "string"},
+                                            "probabilities": {"type": "object"},
+                                            "model_round": {"type": "integer"},
+                                            "latency_ms": {"type": "number"},
+                                            "audio": {"type": "object"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **dict.fromkeys(("400", "413", "415", "422"), error),
+                    },
+                }
+            },
+            "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {}}}},
+        },
+    }
+
+
+async def start_api(node: NodeRunner, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Serve the API; returns the runner (for cleanup) and its base URL."""
+    runner = web.AppRunner(build_app(node), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
