@@ -235,17 +235,16 @@ class TestPartitioners:
 
     def test_fixed_clips_per_node(self) -> None:
         """Shares of exactly k clips, each of one speaker, disjoint, seeded; asking for more
-        shares than exist is a clear error."""
-        cut = by_speaker(self.speakers, n_parts=14, seed=0)  # 7 speakers × 2 shares of 5
-        parts = fixed_size(cut, 6, 4, seed=3)
-        assert [len(p) for p in parts] == [4] * 6
+        shares than the speakers hold is a clear error."""
+        parts = fixed_size(self.speakers, 12, 4, seed=3)  # 7 speakers × 2 shares of 4 = 14
+        assert [len(p) for p in parts] == [4] * 12
         assert all(len({self.speakers[i] for i in p}) == 1 for p in parts)
         flat = np.concatenate(parts)
         assert len(set(flat.tolist())) == len(flat)
-        again = fixed_size(cut, 6, 4, seed=3)
+        again = fixed_size(self.speakers, 12, 4, seed=3)
         assert all((a == b).all() for a, b in zip(parts, again, strict=True))
-        with pytest.raises(PartitionError, match="fewer nodes"):
-            fixed_size(cut, 15, 4)
+        with pytest.raises(PartitionError, match="only 14 shares"):
+            fixed_size(self.speakers, 15, 4)
 
     def test_quantity_skew(self) -> None:
         """Lognormal sizes: every clip once, every node ≥ 1, skew grows with sigma."""

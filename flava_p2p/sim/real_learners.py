@@ -317,9 +317,7 @@ def _partition(
     n, data = sc.nodes, sc.data
     if data.partition == "speaker":
         if data.clips_per_node is not None:
-            shares = max(1, len(speakers) // data.clips_per_node)
-            cut = partition.by_speaker(speakers, n_parts=shares, seed=seed)
-            return partition.fixed_size(cut, n, data.clips_per_node, seed=seed)
+            return partition.fixed_size(speakers, n, data.clips_per_node, seed=seed)
         # More nodes than speakers: each speaker's clips are split over several nodes.
         return partition.by_speaker(speakers, n_parts=n, seed=seed)
     if data.partition == "iid":

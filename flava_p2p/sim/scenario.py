@@ -188,9 +188,9 @@ class DataSpec(_Strict):
     alpha: float = Field(default=0.5, gt=0)
     """Dirichlet concentration for ``partition: dirichlet``."""
     clips_per_node: int | None = Field(default=None, ge=1)
-    """``speaker``: every node holds exactly this many clips of one speaker — the speakers
-    are cut into shares of this size and ``nodes`` of them drawn (seeded), so runs with
-    different node counts have the same data per node."""
+    """``speaker``: every node holds exactly this many clips of one speaker — each speaker's
+    clips are cut into whole shares of this size and ``nodes`` shares drawn (seeded), so runs
+    with different node counts have the same data per node."""
     quantity_skew: float | None = Field(default=None, ge=0)
     """``iid``: node sizes follow a lognormal of this shape (1.0: the largest node holds
     ~10× the median) instead of being equal."""

@@ -109,19 +109,28 @@ def dirichlet(
     )
 
 
-def fixed_size(parts: list[np.ndarray], n_parts: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """``n_parts`` parts of exactly ``size`` items: a seeded choice among ``parts`` (e.g. the
-    speaker partition cut into as many shares as the data allows), each trimmed to ``size``.
-    For studies that vary the number of nodes at a fixed amount of data per node."""
+def fixed_size(
+    speakers: Sequence[str], n_parts: int, size: int, seed: int = 0
+) -> list[np.ndarray]:
+    """``n_parts`` parts of exactly ``size`` clips, each of one speaker: every speaker's clips
+    (seeded shuffle) are cut into as many whole shares of ``size`` as they hold, and
+    ``n_parts`` shares are drawn from all of them. For studies that vary the number of nodes
+    at a fixed amount of data per node."""
+    if size < 1:
+        raise PartitionError("clips per node must be ≥ 1.")
     rng = np.random.default_rng([seed, 2])
-    big = [p for p in parts if len(p) >= size]
-    if size < 1 or n_parts > len(big):
+    spk = np.asarray(speakers)
+    shares: list[np.ndarray] = []
+    for name in sorted(set(speakers)):
+        own = rng.permutation(np.flatnonzero(spk == name))
+        shares.extend(own[k * size : (k + 1) * size] for k in range(len(own) // size))
+    if n_parts > len(shares):
         raise PartitionError(
-            f"only {len(big)} shares of ≥ {size} clips exist; use fewer nodes, fewer clips per "
-            f"node or a bigger corpus."
+            f"only {len(shares)} shares of {size} clips of one speaker exist; use fewer nodes, "
+            f"fewer clips per node or a bigger corpus."
         )
-    chosen = sorted(rng.choice(len(big), size=n_parts, replace=False).tolist())
-    return [np.sort(rng.choice(big[k], size=size, replace=False)) for k in chosen]
+    chosen = sorted(rng.choice(len(shares), size=n_parts, replace=False).tolist())
+    return [np.sort(shares[k]) for k in chosen]
 
 
 def quantity_skewed(n_items: int, n_parts: int, sigma: float, seed: int = 0) -> list[np.ndarray]:
