@@ -198,3 +198,61 @@ class TestRecognize:
         post_op = doc["paths"]["/v1/recognize"]["post"]
         assert {"200", "400", "413", "415", "422"} <= set(post_op["responses"])
         assert "multipart/form-data" in post_op["requestBody"]["content"]
+
+
+class TestRecognizeVerb:
+    def test_cli_talks_to_the_running_node(
+        self,
+        node: SimpleNamespace,
+        tiny_corpus: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`flava-node recognize` finds the node's API through status.json, as `status` does,
+        and prints the live model's answer; a bad file is reported and fails the command."""
+        import json
+        import threading
+
+        from aiohttp import web
+
+        from flava_p2p.cli.node import main as node_main
+
+        node.cfg = NodeConfig()
+        ready = threading.Event()
+        stop: dict[str, Any] = {}
+
+        def serve_forever() -> None:
+            async def run() -> None:
+                runner = web.AppRunner(build_app(node))
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                port = runner.addresses[0][1]
+                (tmp_path / "status.json").write_text(
+                    json.dumps({"api": f"http://127.0.0.1:{port}"})
+                )
+                stop["event"] = asyncio.Event()
+                stop["loop"] = asyncio.get_running_loop()
+                ready.set()
+                await stop["event"].wait()
+                await runner.cleanup()
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=serve_forever, daemon=True)
+        thread.start()
+        assert ready.wait(30)
+        try:
+            clip = a_clip(tiny_corpus)
+            junk = tmp_path / "junk.wav"
+            junk.write_bytes(b"not audio")
+            code = node_main(["recognize", str(clip), str(junk), "--home", str(tmp_path), "--json"])
+        finally:
+            stop["loop"].call_soon_threadsafe(stop["event"].set)
+            thread.join(10)
+        out = capsys.readouterr()
+        assert code == 1, out.err
+        lines = [json.loads(x) for x in out.out.splitlines()]
+        assert lines[0]["file"] == str(clip) and lines[0]["model_round"] == 7
+        assert lines[0]["label"] in node.trainer.label_names
+        assert lines[1]["error"] == "not_audio"

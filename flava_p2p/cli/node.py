@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -185,7 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     add_logging_args(predict, top_level=False)
     predict.set_defaults(func=_cmd_predict)
+    _add_recognize(sub)
     return parser
+
+
+def _add_recognize(sub: Any) -> None:
+    recognize = sub.add_parser(
+        "recognize",
+        help="recognise audio files with the running node's live model (its local API)",
+        formatter_class=HelpFormatter,
+        description=(
+            "Send each file to the running node's POST /v1/recognize on loopback and print\n"
+            "the label and probabilities from the model as merged right now. With no node\n"
+            "running, falls back to the checkpoint in --home (as `predict` does) and says so."
+        ),
+        epilog="example:\n  flava-node recognize yes.wav --home ~/.flava --json",
+    )
+    recognize.add_argument("files", nargs="+", metavar="FILE", help="WAV or FLAC files")
+    recognize.add_argument("--home", default=str(DEFAULT_HOME), help="node home (default ~/.flava)")
+    recognize.add_argument("--json", action="store_true", help="one JSON object per file")
+    add_logging_args(recognize, top_level=False)
+    recognize.set_defaults(func=_cmd_recognize)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -404,6 +425,50 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             ranked = "  ".join(f"{label} {p:.3f}" for label, p in pred.top)
             print(f"{pred.file}: {ranked}")
+    return 1 if failures else 0
+
+
+def _cmd_recognize(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    home = Path(args.home).expanduser()
+    try:
+        url = json.loads((home / "status.json").read_text())["api"] + "/v1/recognize"
+        probe = url.replace("/v1/recognize", "/v1/openapi.json")
+        urllib.request.urlopen(probe, timeout=2).close()  # noqa: S310 (loopback URL)
+    except (OSError, KeyError, ValueError, urllib.error.URLError):
+        print(f"no running node at {home}: using its checkpoint", file=sys.stderr)
+        args.model, args.top = str(home / "model.ckpt"), 3
+        return _cmd_predict(args)
+    failures = 0
+    for file in args.files:
+        try:
+            body = Path(file).read_bytes()
+        except OSError as exc:
+            failures += 1
+            print(f"error: {file}: cannot read ({exc.strerror or exc})", file=sys.stderr)
+            continue
+        req = urllib.request.Request(  # noqa: S310 (the loopback URL the node wrote)
+            url, data=body, headers={"Content-Type": "audio/wav"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback URL)
+                out = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            failures += 1
+            err = json.loads(exc.read() or b"{}")
+            if args.json:
+                print(json.dumps({"file": file, "error": err.get("error"), **err}))
+            else:
+                print(f"error: {file}: {err.get('message', exc.reason)}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": file, **out}, ensure_ascii=False))
+        else:
+            top = sorted(out["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+            ranked = "  ".join(f"{label} {p:.3f}" for label, p in top)
+            print(f"{file}: {ranked}  (round {out['model_round']}, {out['latency_ms']} ms)")
     return 1 if failures else 0
 
 

@@ -109,9 +109,7 @@ def dirichlet(
     )
 
 
-def fixed_size(
-    speakers: Sequence[str], n_parts: int, size: int, seed: int = 0
-) -> list[np.ndarray]:
+def fixed_size(speakers: Sequence[str], n_parts: int, size: int, seed: int = 0) -> list[np.ndarray]:
     """``n_parts`` parts of exactly ``size`` clips, each of one speaker: every speaker's clips
     (seeded shuffle) are cut into as many whole shares of ``size`` as they hold, and
     ``n_parts`` shares are drawn from all of them. For studies that vary the number of nodes
