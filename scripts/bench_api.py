@@ -47,7 +47,10 @@ def main() -> int:
     bodies = [(u.label, u.path.read_bytes()) for u in clips]
     root = Path(tempfile.mkdtemp(prefix="flava-bench-api-"))
     homes = prepare(
-        Path(args.corpus), root, args.nodes, overrides={"gossip": {"period_s": args.period}}
+        Path(args.corpus),
+        root,
+        args.nodes,
+        overrides={"gossip": {"period_s": args.period}, "privacy": {"target_epsilon": 8.0}},
     )
     cluster = Cluster(homes)
     try:
