@@ -412,6 +412,10 @@ class ApiConfig(_Strict):
     """Longest clip POST /v1/recognize accepts."""
     resample: bool = True
     """Accept clips at rates other than 8 and 16 kHz by resampling them (false: refuse)."""
+    feedback_max_clips: int = Field(default=2000, ge=1)
+    """Recognised clips kept (in <home>/feedback) for the user to confirm or correct."""
+    feedback_max_age_days: float = Field(default=30.0, gt=0)
+    """Recognised clips older than this are forgotten (confirmed ones live on in the inbox)."""
 
 
 class NodeConfig(_Strict):

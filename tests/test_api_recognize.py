@@ -52,7 +52,8 @@ def node(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleN
     )
     trainer.train(60)
     core = SimpleNamespace(model=trainer.get_flat(), round=7)
-    return SimpleNamespace(cfg=NodeConfig(), trainer=trainer, core=core, counters={})
+    home = tmp_path_factory.mktemp("home")
+    return SimpleNamespace(cfg=NodeConfig(), trainer=trainer, core=core, counters={}, home=home)
 
 
 def serve(node: SimpleNamespace, call: Call, **api: Any) -> Any:
@@ -256,3 +257,110 @@ class TestRecognizeVerb:
         assert lines[0]["file"] == str(clip) and lines[0]["model_round"] == 7
         assert lines[0]["label"] in node.trainer.label_names
         assert lines[1]["error"] == "not_audio"
+
+
+class TestFeedback:
+    def test_confirm_correct_and_none_of_these(
+        self, node: SimpleNamespace, tiny_corpus: Path
+    ) -> None:
+        """Recognise, then answer: a confirmation and a correction queue the clip in the inbox
+        under the true label (where the clip folder picks it up); "none of these" does not;
+        the stats count corrections per label and the model's accuracy on the user's clips."""
+        clips = {w: a_clip(tiny_corpus, w).read_bytes() for w in ("yes", "no", "stop")}
+
+        async def call(client: TestClient) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            ids = {}
+            for word, body in clips.items():
+                ids[word] = await (await client.post("/v1/recognize", data=body)).json()
+            answers = []
+            for word, label in (("yes", "yes"), ("no", "stop"), ("stop", None)):
+                resp = await client.post(
+                    "/v1/feedback", json={"clip_id": ids[word]["clip_id"], "label": label}
+                )
+                assert resp.status == 200
+                answers.append({"predicted": ids[word]["label"], **(await resp.json())})
+            stats = await (await client.get("/v1/feedback/stats")).json()
+            return answers, stats
+
+        answers, stats = serve(node, call)
+        inbox = node.home / "inbox"
+        assert answers[0]["corrected"] == "yes" and answers[0]["queued_for_training"]
+        assert answers[1]["corrected"] == "stop" and answers[1]["queued_for_training"]
+        assert answers[2]["corrected"] is None and not answers[2]["queued_for_training"]
+        queued = sorted(p.relative_to(inbox).parts[0] for p in inbox.rglob("*.wav"))
+        assert queued == ["stop", "yes"]
+        assert len(list((inbox / "stop").glob("owner_nohash_*.wav"))) == 1
+        assert stats["feedback"] == 3 and stats["none_of_these"] == 1
+        right = sum(a["model_was_right"] for a in answers[:2])
+        assert stats["accuracy_over_time"][-1]["accuracy"] == pytest.approx(right / 2)
+        assert (
+            stats["per_label"]["stop"]["confirmed"] + stats["per_label"]["stop"]["corrected_to"]
+            == 1
+        )
+
+    @pytest.mark.parametrize(
+        ("doc", "status"),
+        [
+            ({"clip_id": "0" * 64, "label": "yes"}, 404),
+            ({"clip_id": "x"}, 404),
+            ({"label": "yes"}, 400),
+            ({"clip_id": 5, "label": "yes"}, 400),
+            ("not json", 400),
+        ],
+    )
+    def test_bad_feedback_is_refused_clearly(
+        self, node: SimpleNamespace, doc: Any, status: int
+    ) -> None:
+        async def call(client: TestClient) -> tuple[int, dict[str, Any]]:
+            if isinstance(doc, str):
+                resp = await client.post("/v1/feedback", data=doc)
+            else:
+                resp = await client.post("/v1/feedback", json=doc)
+            return resp.status, await resp.json()
+
+        got, out = serve(node, call)
+        assert got == status and out["message"]
+
+    def test_unknown_label_lists_the_task_labels(
+        self, node: SimpleNamespace, tiny_corpus: Path
+    ) -> None:
+        async def call(client: TestClient) -> tuple[int, dict[str, Any]]:
+            body = a_clip(tiny_corpus).read_bytes()
+            rec = await (await client.post("/v1/recognize", data=body)).json()
+            answer = {"clip_id": rec["clip_id"], "label": "maybe"}
+            resp = await client.post("/v1/feedback", json=answer)
+            return resp.status, await resp.json()
+
+        status, out = serve(node, call)
+        assert status == 422 and "'yes'" in out["message"]
+
+
+class TestFeedbackStore:
+    def test_retention_and_crash_safety(self, tmp_path: Path) -> None:
+        """At most max_clips kept, none older than max_age; the store reopens with its rows
+        (WAL, one transaction per write); a newer schema is refused with a clear error."""
+        import sqlite3
+
+        from flava_p2p.learning.feedback import FeedbackError, FeedbackStore
+
+        store = FeedbackStore(tmp_path / "fb", tmp_path / "inbox", ["a", "b"], max_clips=3,
+                              max_age_s=100)  # fmt: skip
+        for k in range(5):
+            store.remember(f"{k:064x}", b"RIFF" + bytes(k), ".wav", "a", {"a": 1.0}, 1, now=k)
+        assert store.kept() == 3
+        assert sorted(p.name[:2] for p in (tmp_path / "fb" / "clips").iterdir()) == ["00"] * 3
+        with pytest.raises(FeedbackError) as gone:
+            store.record(f"{0:064x}", "a")
+        assert gone.value.status == 404
+        store.record(f"{4:064x}", "b", now=5)
+        store.remember(f"{9:064x}", b"x", ".wav", "a", {}, 1, now=500)  # the rest age out
+        assert store.kept() == 1
+        store.close()
+        again = FeedbackStore(tmp_path / "fb", tmp_path / "inbox", ["a", "b"])
+        assert again.stats()["feedback"] == 1
+        again.close()
+        db = sqlite3.connect(tmp_path / "fb" / "feedback.sqlite")
+        db.execute("PRAGMA user_version=99")
+        db.close()
+        with pytest.raises(sqlite3.DatabaseError, match="move the file away"):
+            FeedbackStore(tmp_path / "fb", tmp_path / "inbox", ["a", "b"])

@@ -1,6 +1,8 @@
-"""Local API on loopback: ``/status`` (JSON), ``/metrics`` (Prometheus text), and
-``POST /v1/recognize`` (a clip → label and probabilities from the live model); the OpenAPI
-description is at ``/v1/openapi.json``."""
+"""Local API on loopback: ``/status`` (JSON), ``/metrics`` (Prometheus text),
+``POST /v1/recognize`` (a clip → label and probabilities from the live model),
+``POST /v1/feedback`` and ``GET /v1/feedback/stats`` (the user's corrections, kept on the
+device, confirmed clips queued for training); the OpenAPI description is at
+``/v1/openapi.json``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 
 from flava_p2p.identity import peer_id_to_str
+from flava_p2p.learning.feedback import FeedbackError, FeedbackStore
 from flava_p2p.speech.upload import UploadError, UploadLimits, decode_upload
 
 if TYPE_CHECKING:
@@ -152,6 +155,14 @@ def build_app(node: NodeRunner) -> web.Application:
     )
     tr = node.trainer
     recognizer = LiveRecognizer(tr.model_cfg, tr.feature_cfg, tr.label_names)
+    inbox = node.cfg.data.inbox
+    store = FeedbackStore(
+        node.home / "feedback",
+        inbox if inbox.is_absolute() else node.home / inbox,
+        tr.label_names,
+        max_clips=api.feedback_max_clips,
+        max_age_s=api.feedback_max_age_days * 86400,
+    )
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_snapshot(node))
@@ -172,9 +183,20 @@ def build_app(node: NodeRunner) -> web.Application:
         weights, round_ = node.core.model, node.core.round
         result = await asyncio.to_thread(recognizer.recognize, clip.wave, weights, round_)
         node.counters["api_recognized"] = node.counters.get("api_recognized", 0) + 1
+        clip_id = hashlib.sha256(body).hexdigest()
+        suffix = ".flac" if clip.format == "FLAC" else ".wav"
+        await asyncio.to_thread(
+            store.remember,
+            clip_id,
+            body,
+            suffix,
+            result.label,
+            result.probabilities,
+            result.model_round,
+        )
         return web.json_response(
             {
-                "clip_id": hashlib.sha256(body).hexdigest(),
+                "clip_id": clip_id,
                 "label": result.label,
                 "probabilities": result.probabilities,
                 "model_round": result.model_round,
@@ -187,6 +209,41 @@ def build_app(node: NodeRunner) -> web.Application:
             }
         )
 
+    async def feedback(request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+        except ValueError:
+            return _error(400, "bad_json", 'send JSON: {"clip_id": "…", "label": "yes"}.')
+        clip_id, label = (doc.get("clip_id"), doc.get("label")) if isinstance(doc, dict) else (0, 0)
+        if not isinstance(clip_id, str) or not (label is None or isinstance(label, str)):
+            return _error(
+                400,
+                "bad_feedback",
+                'expected {"clip_id": "<from /v1/recognize>", "label": "<a label>" or null for '
+                '"none of these"}.',
+            )
+        try:
+            fb = await asyncio.to_thread(store.record, clip_id, label)
+        except FeedbackError as exc:
+            return _error(exc.status, "feedback_refused", str(exc))
+        node.counters["api_feedback"] = node.counters.get("api_feedback", 0) + 1
+        return web.json_response(
+            {
+                "clip_id": fb.clip_id,
+                "predicted": fb.predicted,
+                "corrected": fb.corrected,
+                "model_was_right": fb.corrected == fb.predicted,
+                "model_round": fb.model_round,
+                "queued_for_training": fb.inbox_path is not None,
+            }
+        )
+
+    async def feedback_stats(_: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(store.stats))
+
+    async def close_store(_: web.Application) -> None:
+        store.close()
+
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(openapi_document(limits))
 
@@ -195,7 +252,10 @@ def build_app(node: NodeRunner) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/recognize", recognize)
+    app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/v1/feedback/stats", feedback_stats)
     app.router.add_get("/v1/openapi.json", openapi)
+    app.on_cleanup.append(close_store)
     return app
 
 
@@ -293,6 +353,23 @@ def openapi_document(limits: UploadLimits) -> dict[str, Any]:
                         },
                         **dict.fromkeys(("400", "413", "415", "422"), error),
                     },
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "summary": "the user's answer for a recognised clip",
+                    "description": (
+                        'JSON {"clip_id": from /v1/recognize, "label": the true label, or null '
+                        'for "none of these"}. A label of the task queues the clip for '
+                        "training (the node's inbox); everything is stored on the device only."
+                    ),
+                    "responses": {"200": {}, "400": error, "404": error, "422": error},
+                }
+            },
+            "/v1/feedback/stats": {
+                "get": {
+                    "summary": "corrections per label, accuracy on the user's clips over time",
+                    "responses": {"200": {}},
                 }
             },
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {}}}},
