@@ -14,12 +14,12 @@ import io
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import soundfile as sf
-from aiohttp import FormData
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from flava_p2p.config import (
@@ -34,7 +34,8 @@ from flava_p2p.learning.trainer import LocalTrainer
 from flava_p2p.runtime.api import build_app
 from flava_p2p.speech.dataset import load_features, scan_corpus
 
-Call = Callable[[TestClient], Awaitable[Any]]
+Client = TestClient[web.Request, web.Application]
+Call = Callable[[Client], Awaitable[Any]]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def serve(node: SimpleNamespace, call: Call, **api: Any) -> Any:
     node.cfg = NodeConfig(api=ApiConfig(**api))
 
     async def main() -> Any:
-        async with TestClient(TestServer(build_app(node), host="127.0.0.1")) as client:
+        async with TestClient(TestServer(build_app(cast(Any, node)), host="127.0.0.1")) as client:
             return await call(client)
 
     return asyncio.run(main())
@@ -74,7 +75,7 @@ def wav_bytes(wave: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:
 
 
 def post(body: bytes | FormData) -> Call:
-    async def call(client: TestClient) -> tuple[int, dict[str, Any]]:
+    async def call(client: Client) -> tuple[int, dict[str, Any]]:
         resp = await client.post("/v1/recognize", data=body)
         return resp.status, await resp.json()
 
@@ -108,7 +109,7 @@ class TestRecognize:
         words = ["yes", "no", "stop"]
         clips = [(w, p.read_bytes()) for w in words for p in sorted((tiny_corpus / w).glob("*"))]
 
-        async def call(client: TestClient) -> int:
+        async def call(client: Client) -> int:
             right = 0
             for word, body in clips:
                 resp = await client.post("/v1/recognize", data=body)
@@ -189,7 +190,7 @@ class TestRecognize:
         assert node.counters[f"api_rejected_{reason}"] >= 1
 
     def test_openapi_describes_recognize(self, node: SimpleNamespace) -> None:
-        async def call(client: TestClient) -> dict[str, Any]:
+        async def call(client: Client) -> dict[str, Any]:
             resp = await client.get("/v1/openapi.json")
             assert resp.status == 200
             doc: dict[str, Any] = await resp.json()
@@ -214,8 +215,6 @@ class TestRecognizeVerb:
         import json
         import threading
 
-        from aiohttp import web
-
         from flava_p2p.cli.node import main as node_main
 
         node.cfg = NodeConfig()
@@ -224,7 +223,7 @@ class TestRecognizeVerb:
 
         def serve_forever() -> None:
             async def run() -> None:
-                runner = web.AppRunner(build_app(node))
+                runner = web.AppRunner(build_app(cast(Any, node)))
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)
                 await site.start()
@@ -248,27 +247,37 @@ class TestRecognizeVerb:
             junk = tmp_path / "junk.wav"
             junk.write_bytes(b"not audio")
             code = node_main(["recognize", str(clip), str(junk), "--home", str(tmp_path), "--json"])
+            out = capsys.readouterr()
+            lines = [json.loads(x) for x in out.out.splitlines()]
+            home = ["--home", str(tmp_path)]
+            assert node_main(["feedback", lines[0]["clip_id"], "no", *home]) == 0
+            said = capsys.readouterr().out
+            assert node_main(["feedback", *home, "--json"]) == 0
+            stats = json.loads(capsys.readouterr().out)
+            assert node_main(["feedback", lines[0]["clip_id"], "maybe", *home]) != 0
+            refusal = capsys.readouterr().err
         finally:
             stop["loop"].call_soon_threadsafe(stop["event"].set)
             thread.join(10)
-        out = capsys.readouterr()
         assert code == 1, out.err
-        lines = [json.loads(x) for x in out.out.splitlines()]
         assert lines[0]["file"] == str(clip) and lines[0]["model_round"] == 7
         assert lines[0]["label"] in node.trainer.label_names
         assert lines[1]["error"] == "not_audio"
+        assert "queued for training" in said and "unknown label 'maybe'" in refusal
+        assert stats["per_label"]["no"]["corrected_to"] + stats["per_label"]["no"]["confirmed"] >= 1
 
 
 class TestFeedback:
     def test_confirm_correct_and_none_of_these(
-        self, node: SimpleNamespace, tiny_corpus: Path
+        self, node: SimpleNamespace, tiny_corpus: Path, tmp_path: Path
     ) -> None:
         """Recognise, then answer: a confirmation and a correction queue the clip in the inbox
         under the true label (where the clip folder picks it up); "none of these" does not;
         the stats count corrections per label and the model's accuracy on the user's clips."""
+        node.home = tmp_path  # a fresh home: its own feedback store and inbox
         clips = {w: a_clip(tiny_corpus, w).read_bytes() for w in ("yes", "no", "stop")}
 
-        async def call(client: TestClient) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async def call(client: Client) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             ids = {}
             for word, body in clips.items():
                 ids[word] = await (await client.post("/v1/recognize", data=body)).json()
@@ -311,7 +320,7 @@ class TestFeedback:
     def test_bad_feedback_is_refused_clearly(
         self, node: SimpleNamespace, doc: Any, status: int
     ) -> None:
-        async def call(client: TestClient) -> tuple[int, dict[str, Any]]:
+        async def call(client: Client) -> tuple[int, dict[str, Any]]:
             if isinstance(doc, str):
                 resp = await client.post("/v1/feedback", data=doc)
             else:
@@ -324,7 +333,7 @@ class TestFeedback:
     def test_unknown_label_lists_the_task_labels(
         self, node: SimpleNamespace, tiny_corpus: Path
     ) -> None:
-        async def call(client: TestClient) -> tuple[int, dict[str, Any]]:
+        async def call(client: Client) -> tuple[int, dict[str, Any]]:
             body = a_clip(tiny_corpus).read_bytes()
             rec = await (await client.post("/v1/recognize", data=body)).json()
             answer = {"clip_id": rec["clip_id"], "label": "maybe"}

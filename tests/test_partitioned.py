@@ -11,7 +11,7 @@ import pytest
 from flava_p2p.errors import FlavaError
 from flava_p2p.sim.partitioned import run_partitioned
 from flava_p2p.sim.runner import run_scenario
-from tests.test_sim import scenario
+from flava_p2p.testing.scenarios import small_scenario as scenario
 
 # Everything that can be split: loss, bursts, duplicates, reordering, a network partition,
 # churn and Byzantine ALIE peers (rogue fault hosts need one process: refused, tested below).

@@ -16,25 +16,9 @@ from flava_p2p.errors import FlavaError
 from flava_p2p.sim.network_conditions import SimLinks, churn_schedule
 from flava_p2p.sim.runner import Simulation, run_scenario
 from flava_p2p.sim.scenario import Churn, Dist, NetworkModel, Scenario
+from flava_p2p.testing.scenarios import small_scenario
 
-
-def scenario(**over: Any) -> Scenario:
-    """A small synthetic-learner scenario, with overrides (nested dicts merge)."""
-    base: dict[str, Any] = {
-        "name": "t",
-        "nodes": 12,
-        "rounds": 8,
-        "gossip": {"period_s": 5.0, "shuffle_period_s": 2.5, "ping_period_s": 1.0},
-        "learner": {"kind": "synthetic", "synthetic_samples": 64},
-        "privacy": {"epsilon": 8.0},
-        "metrics": {"plots": False},
-    }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            base[k] = {**base[k], **v}
-        else:
-            base[k] = v
-    return validate_config(base, Scenario, "test")
+scenario = small_scenario
 
 
 FULL = {

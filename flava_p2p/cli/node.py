@@ -208,6 +208,27 @@ def _add_recognize(sub: Any) -> None:
     add_logging_args(recognize, top_level=False)
     recognize.set_defaults(func=_cmd_recognize)
 
+    feedback = sub.add_parser(
+        "feedback",
+        help="tell the running node what a recognised clip really was (or show the stats)",
+        formatter_class=HelpFormatter,
+        description=(
+            "Confirm or correct a clip recognised through the API (its clip_id), or say it was\n"
+            "none of the labels. Confirmed clips are trained on; everything stays on the\n"
+            "device. Without arguments: corrections per label and accuracy over time."
+        ),
+        epilog=(
+            "examples:\n  flava-node feedback 9f2c… no --home ~/.flava\n"
+            "  flava-node feedback 9f2c… none\n  flava-node feedback --json"
+        ),
+    )
+    feedback.add_argument("clip_id", nargs="?", help="clip_id from recognize")
+    feedback.add_argument("label", nargs="?", help="the true label, or `none`")
+    feedback.add_argument("--home", default=str(DEFAULT_HOME), help="node home (default ~/.flava)")
+    feedback.add_argument("--json", action="store_true", help="print the API's JSON")
+    add_logging_args(feedback, top_level=False)
+    feedback.set_defaults(func=_cmd_feedback)
+
 
 def _cmd_init(args: argparse.Namespace) -> int:
     import os
@@ -470,6 +491,47 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
             ranked = "  ".join(f"{label} {p:.3f}" for label, p in top)
             print(f"{file}: {ranked}  (round {out['model_round']}, {out['latency_ms']} ms)")
     return 1 if failures else 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from flava_p2p.errors import FlavaError
+
+    home = Path(args.home).expanduser()
+    try:
+        base = json.loads((home / "status.json").read_text())["api"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise FlavaError(
+            f"no running node found at {home} ({exc}); feedback needs the node that recognised "
+            f"the clip: `flava-node run --home {home}`."
+        ) from None
+    if args.clip_id is None:
+        req = urllib.request.Request(base + "/v1/feedback/stats")  # noqa: S310 (loopback)
+    else:
+        if args.label is None:
+            raise FlavaError("give the clip's true label after its clip_id (or `none`).")
+        label = None if args.label.lower() == "none" else args.label
+        body = json.dumps({"clip_id": args.clip_id, "label": label}).encode()
+        req = urllib.request.Request(  # noqa: S310 (loopback)
+            base + "/v1/feedback", data=body, headers={"Content-Type": "application/json"}
+        )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            out = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        err = json.loads(exc.read() or b"{}")
+        raise FlavaError(err.get("message", str(exc))) from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise FlavaError(f"the node at {base} does not answer ({exc}).") from None
+    if args.json or args.clip_id is None:
+        print(json.dumps(out, indent=1, ensure_ascii=False))
+    else:
+        verdict = "right" if out["model_was_right"] else f"wrong (said {out['predicted']})"
+        queued = "queued for training" if out["queued_for_training"] else "not trained on"
+        print(f"{out['clip_id'][:12]}…: model was {verdict}; {queued}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
