@@ -489,7 +489,7 @@ class Simulation(RunLoop):
             "models": models,
             "rounds": {i: net.nodes[i].round for i in up},
             "acc": self.learners.evaluate(models) if self.learners.n_classes else {},
-            "eps": {i: e for i in honest if (e := self.learners.epsilon(i)) is not None},
+            "eps": {i: e for i in honest if (e := self._epsilon(i)) is not None},
             "rejections": rejections,
             "penalties": penalties,
             "graylisted": sum(
@@ -510,6 +510,12 @@ class Simulation(RunLoop):
                 if net.runs(i)
             },
         }
+
+    def _epsilon(self, i: int) -> float | None:
+        """Node i's ε as of its last finished burst (before any: the learner's initial)."""
+        if i in self.net.epsilon_reported:
+            return self.net.epsilon_reported[i]
+        return self.learners.epsilon(i)
 
     # ------------------------------------------------------------------ running (RunLoop)
     def _start(self) -> None:

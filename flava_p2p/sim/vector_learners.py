@@ -162,43 +162,34 @@ class VectorLearners(RealLearners):
         w: torch.Tensor,
         bias: torch.Tensor,
     ) -> None:
-        nodes = [self._nodes[ids[t]] for t in live]
-        rows = []
-        for t in live:
-            masks = plan[t][2]
-            assert masks is not None  # DP only (see vectorisable)
-            rows.append(masks[j].nonzero().view(-1))
-        width = max((len(r) for r in rows), default=0)
-        m, c, d = len(live), self.n_classes, self._dim
-        xb = torch.zeros(m, max(width, 1), d)
-        yb = torch.zeros(m, max(width, 1), dtype=torch.int64)
-        valid = torch.zeros(m, max(width, 1))
-        nb = torch.ones(m, max(width, 1))
-        for a, (node, r) in enumerate(zip(nodes, rows, strict=True)):
-            xb[a, : len(r)] = node.x[r]
-            yb[a, : len(r)] = node.y[r]
-            valid[a, : len(r)] = 1.0
-            nb[a, : len(r)] = node.in_norms[r]
-        wl, bl = w[live], bias[live]
-        z = torch.baddbmm(bl.unsqueeze(1), xb, wl.transpose(1, 2))
-        z = (z - z.amax(2, keepdim=True)).clamp_(min=-80.0)
-        r = z.exp()
-        r.div_(r.sum(2, keepdim=True))
-        r.scatter_add_(2, yb.unsqueeze(2), -valid.unsqueeze(2))
-        r.mul_(valid.unsqueeze(2))
+        """Step ``j`` of every live node's burst. Each node's arithmetic runs on tensors shaped
+        by its own batch only: padding nodes to a shared batch width would let the other
+        nodes in the batch change a node's float rounding, and so make the result depend on
+        how nodes are grouped (one process or several)."""
+        c, d = self.n_classes, self._dim
         clip = self._privacy.max_grad_norm
-        norms = torch.linalg.vector_norm(r, dim=2) * nb
-        r.mul_((clip / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(2))
-        gw = torch.bmm(r.transpose(1, 2), xb)
-        gb = r.sum(1)
-        for a, (t, node) in enumerate(zip(live, nodes, strict=True)):
-            assert node.ledger is not None
+        for t in live:
+            node = self._nodes[ids[t]]
+            masks = plan[t][2]
+            assert masks is not None and node.ledger is not None  # DP only (see vectorisable)
+            rows = masks[j].nonzero().view(-1)
+            xb, yb, nb = node.x[rows], node.y[rows], node.in_norms[rows]
+            z = torch.addmm(bias[t], xb, w[t].T)
+            z = (z - z.amax(1, keepdim=True)).clamp_(min=-80.0)
+            r = z.exp()
+            r.div_(r.sum(1, keepdim=True))
+            r[torch.arange(len(rows)), yb] -= 1.0
+            # ‖∂loss/∂(W, b)‖ of softmax regression = ‖p − y‖·‖(x, 1)‖: no per-example grads.
+            norms = torch.linalg.vector_norm(r, dim=1) * nb
+            r.mul_((clip / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1))
+            gw = r.T @ xb
+            gb = r.sum(0)
             # Noise per parameter, weight first, from the node's own generator (as Opacus).
             std = node.ledger.noise_multiplier * clip
             nw = torch.normal(0.0, std, size=(c, d), generator=node.noise_gen)
             nbias = torch.normal(0.0, std, size=(c,), generator=node.noise_gen)
-            gw_a = nw.add_(gw[a]).div_(node.expected)
-            gb_a = nbias.add_(gb[a]).div_(node.expected)
+            gw_a = nw.add_(gw).div_(node.expected)
+            gb_a = nbias.add_(gb).div_(node.expected)
             lr = self._lr_at(node, plan[t][1] + j)
             if node.buf_w is None or node.buf_b is None:
                 node.buf_w, node.buf_b = gw_a.clone(), gb_a.clone()

@@ -107,6 +107,8 @@ class VirtualNetwork:
         self._link_rngs: dict[int, random.Random] = {}
         self._origin_seq: dict[int, int] = {}
         self._external = itertools.count()
+        self.epsilon_reported: dict[int, float | None] = {}
+        """Each node's example-level ε after its last finished training burst."""
         self.remote: list[RemoteDatagram] = []
         """Datagrams for nodes owned elsewhere, in send order (taken by the engine)."""
         self.bytes_sent: list[int] = []
@@ -264,6 +266,7 @@ class VirtualNetwork:
                     self.call_at(self.now + self.train_delay, partial(self._train_done, i), i)
                     continue
                 trained, samples, dp = self._train_now(i, node.model)
+                self.epsilon_reported[i] = dp.example_epsilon
                 node.local_update(trained, samples, dp, self.now)
         src = self.address(i)
         for send in node.datagrams_to_send():
@@ -295,6 +298,9 @@ class VirtualNetwork:
                 self._results.update({j: self._train_now(j, m) for j, m in jobs})
         del self._pending[i]
         trained, samples, dp = self._results.pop(i)
+        # The burst's ε counts from its end: when the batch that computed it ran depends on
+        # which other nodes share the process, its end does not.
+        self.epsilon_reported[i] = dp.example_epsilon
         if i in self.down or gen != self._generation[i]:
             return  # crashed or restarted mid-burst: the result is lost (the ε is not)
         self.nodes[i].local_update(trained, samples, dp, self.now, base=base)
