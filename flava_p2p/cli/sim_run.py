@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +138,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sc = load_with_overrides(args.scenario, args.set)
     seed = sc.seed if args.seed is None else args.seed
     out = Path(args.out or f"runs/{sc.name}-seed{seed}")
+    runner: Any
     if args.engine == "ray":
-        return _cmd_run_ray(args, sc, seed, out)
+        from flava_p2p.sim.partitioned import PartitionedRun, _ray
+
+        ray = _ray()
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        building = f"building ({workers} Ray workers)"
+    else:
+        building = "building"
     with progress_bar() as bar:
-        task = bar.add_task("building", total=None, info="")
-        sim = Simulation(sc, seed)
-        bar.update(task, description="simulating", total=sim.horizon, completed=0)
+        task = bar.add_task(building, total=None, info="")
+        if args.engine == "ray":
+            runner = PartitionedRun(sc, seed, workers=workers, backend="ray")
+        else:
+            runner = Simulation(sc, seed)
+        bar.update(task, description="simulating", total=runner.horizon, completed=0)
 
         def on_progress(t: float, horizon: float, rec: dict[str, Any]) -> None:
             bar.update(
@@ -154,43 +164,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f" ε {_fmt(rec['epsilon_max'], '.2f')}",
             )
 
-        summary = sim.run(out, on_progress)
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    _print_summary(summary, out)
-    return 0
-
-
-def _cmd_run_ray(args: argparse.Namespace, sc: Any, seed: int, out: Path) -> int:
-    from flava_p2p.sim.partitioned import PartitionedRun, _ray
-
-    ray = _ray()
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-    workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    start = time.perf_counter()
-    with progress_bar() as bar:
-        task = bar.add_task(f"building ({workers} Ray workers)", total=None, info="")
-        run = PartitionedRun(sc, seed, workers=workers, backend="ray")
-        bar.update(task, description="simulating", total=run.horizon, completed=0)
-
-        def on_progress(t: float, horizon: float, rec: dict[str, Any]) -> None:
-            bar.update(
-                task,
-                completed=t,
-                info=f"acc {_fmt(rec['honest_mean_acc'])} worst {_fmt(rec['honest_worst_acc'])}"
-                f" ε {_fmt(rec['epsilon_max'], '.2f')}",
-            )
-
-        summary = run.run(out, on_progress)
-    summary["engine"] = {
-        "kind": "ray",
-        "workers": workers,
-        "windows": run.windows,
-        "window_s": run.window,
-        "wall_seconds_with_setup": round(time.perf_counter() - start, 3),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
+        summary = runner.run(out, on_progress)
+    if args.engine == "ray":
+        runner.add_engine(summary, out)
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -87,6 +87,7 @@ class PartitionedRun(RunLoop):
         backend: Backend = "ray",
         address: str | None = None,
     ) -> None:
+        self._created = time.perf_counter()
         self.seed = scenario.seed if seed is None else seed
         self.sc = scenario.model_copy(update={"seed": self.seed})
         sc = self.sc
@@ -130,6 +131,20 @@ class PartitionedRun(RunLoop):
         self._inbox: list[list[RemoteDatagram]] = [[] for _ in self.blocks]
         self._next: list[float] = [0.0 for _ in self.blocks]
         self.now = 0.0
+
+    def add_engine(self, summary: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
+        """The summary with the engine's figures (also written to ``out_dir``'s summary)."""
+        summary["engine"] = {
+            "kind": self.backend,
+            "workers": len(self.blocks),
+            "windows": self.windows,
+            "window_s": self.window,
+            "wall_seconds_with_setup": round(time.perf_counter() - self._created, 3),
+        }
+        if out_dir is not None:
+            path = Path(out_dir) / "summary.json"
+            path.write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
+        return summary
 
     # ------------------------------------------------------------------ calls
     def _call(self, method: str, args: list[tuple[Any, ...]] | None = None) -> list[Any]:
@@ -218,17 +233,5 @@ def run_partitioned(
     address: str | None = None,
 ) -> dict[str, Any]:
     """Build and run one partitioned simulation; the summary adds the engine's figures."""
-    start = time.perf_counter()
     run = PartitionedRun(scenario, seed, workers=workers, backend=backend, address=address)
-    summary = run.run(out_dir)
-    summary["engine"] = {
-        "kind": backend,
-        "workers": workers,
-        "windows": run.windows,
-        "window_s": run.window,
-        "wall_seconds_with_setup": round(time.perf_counter() - start, 3),
-    }
-    if out_dir is not None:
-        path = Path(out_dir) / "summary.json"
-        path.write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
-    return summary
+    return run.add_engine(run.run(out_dir), out_dir)
