@@ -401,10 +401,18 @@ class DataConfig(_Strict):
     it, without a restart. null: load once at start."""
 
 
-class ApiConfig(_Strict):
-    """Local status/inference HTTP API (bound to loopback only)."""
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
-    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+
+class ApiConfig(_Strict):
+    """Local status/inference HTTP API (loopback by default; a token when bound elsewhere)."""
+
+    host: str = "127.0.0.1"
+    """Address the API binds. Anything but loopback needs ``token``: the API hands out the
+    user's recognitions and takes their voice, so it is never open on a network."""
+    token: str | None = Field(default=None, min_length=16)
+    """Bearer token every request must carry (``Authorization: Bearer <token>``); required
+    when ``host`` is not loopback, optional on loopback."""
     port: int = Field(default=8470, ge=0, le=65535)
     max_upload_bytes: int = Field(default=4 << 20, ge=1024, le=64 << 20)
     """Largest request body POST /v1/recognize accepts."""
@@ -416,6 +424,25 @@ class ApiConfig(_Strict):
     """Recognised clips kept (in <home>/feedback) for the user to confirm or correct."""
     feedback_max_age_days: float = Field(default=30.0, gt=0)
     """Recognised clips older than this are forgotten (confirmed ones live on in the inbox)."""
+    personalize: bool = True
+    """Fit a private correction of the shared model on the user's labelled feedback clips
+    (never gossiped) and recognise with it when cross-validation says it helps."""
+    speaker_threshold: float = Field(default=0.8166, ge=-1.0, le=1.0)
+    """Cosine score at or above which /v1/verify says "same speaker" (default: the equal-error
+    point of a 5-clip enrolment on the public RAVDESS corpus)."""
+    owner: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Enrolled speaker whose voice alone may train this node: feedback clips that do not
+    verify as ``owner`` are recorded but not queued for training (enrol first, via
+    POST /v1/speakers/<owner>/enroll or `flava-node enroll`)."""
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiConfig:
+        if self.host not in LOOPBACK_HOSTS and self.token is None:
+            raise ValueError(
+                f"api.host {self.host!r} is not loopback: set api.token (16+ characters) so "
+                "only clients holding it can use the API, or bind 127.0.0.1."
+            )
+        return self
 
 
 class NodeConfig(_Strict):

@@ -139,9 +139,13 @@ class FeedbackStore:
             return int(self._db.execute("SELECT COUNT(*) FROM recognitions").fetchone()[0])
 
     # ------------------------------------------------------------------ feedback
-    def record(self, clip_id: str, label: str | None, now: float | None = None) -> Feedback:
+    def record(
+        self, clip_id: str, label: str | None, now: float | None = None, *, train: bool = True
+    ) -> Feedback:
         """The user's answer for a recognised clip: its true ``label``, or None for "none of
-        these". A label of the task puts the clip in the inbox for training."""
+        these". A label of the task puts the clip in the inbox for training, unless ``train`` is
+        False (the node trains only on its enrolled owner's voice and this clip is not theirs).
+        """
         now = time.time() if now is None else now
         if label is not None and label not in self.labels:
             raise FeedbackError(
@@ -160,7 +164,7 @@ class FeedbackStore:
             )
         path, predicted, model_round = row
         inbox_path = None
-        if label is not None and Path(path).is_file():
+        if train and label is not None and Path(path).is_file():
             dest = self.inbox / label / f"{OWNER}_nohash_{int(clip_id[:12], 16)}{Path(path).suffix}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".tmp")
@@ -175,6 +179,24 @@ class FeedbackStore:
                 (clip_id, inbox_path, predicted, label, model_round, now),
             )
         return Feedback(clip_id, predicted, label, int(model_round), now, inbox_path)
+
+    def clip_path(self, clip_id: str) -> Path | None:
+        """Where the recognised clip ``clip_id`` is kept (None: unknown or aged out)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT path FROM recognitions WHERE clip_id = ?", (clip_id,)
+            ).fetchone()
+        return Path(row[0]) if row is not None and Path(row[0]).is_file() else None
+
+    def labelled_clips(self) -> list[tuple[Path, str]]:
+        """The user's labelled clips still in the inbox (latest answer per clip), oldest first:
+        what personalization fits on."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, corrected FROM feedback WHERE id IN (SELECT MAX(id) FROM feedback"
+                " GROUP BY clip_id) AND path IS NOT NULL AND corrected IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [(Path(p), lab) for p, lab in rows if Path(p).is_file()]
 
     def stats(self, bucket_s: float = 86400.0) -> dict[str, Any]:
         """Corrections per label, and how often the model was right on the user's own

@@ -108,6 +108,14 @@ class LiveRecognizer:
         return round(fc.sample_rate * fc.clip_seconds)
 
     @torch.no_grad()
+    def features(self, waves: list[np.ndarray]) -> torch.Tensor:
+        """The front end's features of mono clips at its rate, stacked (for personalization)."""
+        clips = [fix_length(np.asarray(w, dtype=np.float32), self.clip_samples,
+                            self.extractor.center) for w in waves]  # fmt: skip
+        with self._lock:
+            return self.extractor(torch.from_numpy(np.stack(clips)))
+
+    @torch.no_grad()
     def recognize(self, wave: np.ndarray, weights: np.ndarray, model_round: int) -> Recognition:
         """Probabilities of every label for one mono clip at the front end's rate."""
         start = time.perf_counter()

@@ -1,24 +1,37 @@
-"""Local API on loopback: ``/status`` (JSON), ``/metrics`` (Prometheus text),
-``POST /v1/recognize`` (a clip → label and probabilities from the live model),
-``POST /v1/feedback`` and ``GET /v1/feedback/stats`` (the user's corrections, kept on the
-device, confirmed clips queued for training); the OpenAPI description is at
-``/v1/openapi.json``."""
+"""The node's local API (loopback by default; a bearer token when bound elsewhere).
+
+``/status`` (JSON) and ``/metrics`` (Prometheus text); ``POST /v1/recognize`` (a clip → label
+and probabilities from the live model, personalised when that helps); ``POST /v1/feedback`` and
+``GET /v1/feedback/stats`` (the user's corrections, kept on the device, confirmed clips queued
+for training); ``GET /v1/personal`` (the private correction); ``/v1/speakers`` and
+``POST /v1/verify`` (speaker enrolment and verification). The OpenAPI description is at
+``/v1/openapi.json``. Every model call runs in a worker thread, never on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import structlog
 from aiohttp import BodyPartReader, web
 
+from flava_p2p.config import ApiConfig
 from flava_p2p.identity import peer_id_to_str
 from flava_p2p.learning.feedback import FeedbackError, FeedbackStore
-from flava_p2p.speech.upload import UploadError, UploadLimits, decode_upload
+from flava_p2p.speech.enrolment import EnrolmentError, SpeakerBook, check_name
+from flava_p2p.speech.upload import Upload, UploadError, UploadLimits, decode_upload
 
 if TYPE_CHECKING:
+    from flava_p2p.learning.personal import Personalizer
     from flava_p2p.runtime.driver import NodeRunner
+
+log = structlog.get_logger("flava.api")
 
 
 def status_snapshot(node: NodeRunner) -> dict[str, Any]:
@@ -146,6 +159,7 @@ def prometheus_text(s: dict[str, Any]) -> str:
 def build_app(node: NodeRunner) -> web.Application:
     """The API's routes for one node (served by :func:`start_api`)."""
     from flava_p2p.learning.inference import LiveRecognizer
+    from flava_p2p.learning.personal import Personalizer
 
     api = node.cfg.api
     limits = UploadLimits(
@@ -163,6 +177,17 @@ def build_app(node: NodeRunner) -> web.Application:
         max_clips=api.feedback_max_clips,
         max_age_s=api.feedback_max_age_days * 86400,
     )
+    personal = Personalizer(recognizer, store, node.home / "personal" / "personal.npz")
+    speakers = Speakers(SpeakerBook(node.home / "speakers", api.speaker_threshold))
+
+    def count(key: str) -> None:
+        node.counters[key] = node.counters.get(key, 0) + 1
+
+    def rejected(exc: UploadError | EnrolmentError) -> web.Response:
+        return _rejected(node.counters, exc)
+
+    async def decode(data: bytes, rate: int) -> Upload:
+        return await asyncio.to_thread(decode_upload, data, rate, limits)
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_snapshot(node))
@@ -172,17 +197,23 @@ def build_app(node: NodeRunner) -> web.Application:
 
     async def recognize(request: web.Request) -> web.Response:
         try:
-            body = await _read_clip(request, limits)
-            clip = await asyncio.to_thread(
-                decode_upload, body, recognizer.feature_cfg.sample_rate, limits
-            )
+            files, _ = await _read_form(request, limits, max_files=1)
+            body = files[0]
+            clip = await decode(body, recognizer.feature_cfg.sample_rate)
         except UploadError as exc:
-            key = "api_rejected_" + exc.reason
-            node.counters[key] = node.counters.get(key, 0) + 1
-            return _error(exc.status, exc.reason, str(exc))
+            return rejected(exc)
         weights, round_ = node.core.model, node.core.round
+        fit = personal.current
+        use_personal = (
+            api.personalize
+            and fit is not None
+            and fit.alpha > 0
+            and request.query.get("personal", "1") not in ("0", "false", "no")
+        )
+        if use_personal and fit is not None:
+            weights = fit.weights(np.asarray(weights, dtype=np.float32))
         result = await asyncio.to_thread(recognizer.recognize, clip.wave, weights, round_)
-        node.counters["api_recognized"] = node.counters.get("api_recognized", 0) + 1
+        count("api_recognized")
         clip_id = hashlib.sha256(body).hexdigest()
         suffix = ".flac" if clip.format == "FLAC" else ".wav"
         await asyncio.to_thread(
@@ -200,6 +231,7 @@ def build_app(node: NodeRunner) -> web.Application:
                 "label": result.label,
                 "probabilities": result.probabilities,
                 "model_round": result.model_round,
+                "personalized": use_personal,
                 "latency_ms": result.latency_ms,
                 "audio": {
                     "format": clip.format,
@@ -209,11 +241,65 @@ def build_app(node: NodeRunner) -> web.Application:
             }
         )
 
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(openapi_document(limits))
+
+    async def close_store(_: web.Application) -> None:
+        store.close()
+
+    # Bodies are capped by hand (a JSON 413), so aiohttp's own cap sits just above ours.
+    app = web.Application(
+        client_max_size=MAX_ENROL_CLIPS * limits.max_bytes + (64 << 10),
+        middlewares=[_auth(api.token)] if api.token else [],
+    )
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/recognize", recognize)
+    _feedback_routes(app, node, store, personal, speakers)
+    _speaker_routes(app, speakers, api, limits, node.counters)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.on_cleanup.append(close_store)
+    return app
+
+
+def _rejected(counters: dict[str, int], exc: UploadError | EnrolmentError) -> web.Response:
+    key = "api_rejected_" + exc.reason
+    counters[key] = counters.get(key, 0) + 1
+    return _error(exc.status, exc.reason, str(exc))
+
+
+def _feedback_routes(
+    app: web.Application,
+    node: NodeRunner,
+    store: FeedbackStore,
+    personal: Personalizer,
+    speakers: Speakers,
+) -> None:
+    """The feedback loop (``/v1/feedback``) and personalization (``/v1/personal``)."""
+    api = node.cfg.api
+    refits: set[asyncio.Task[Any]] = set()
+
+    def count(key: str) -> None:
+        node.counters[key] = node.counters.get(key, 0) + 1
+
+    def rejected(exc: UploadError | EnrolmentError) -> web.Response:
+        return _rejected(node.counters, exc)
+
+    async def refit() -> None:
+        try:
+            await asyncio.to_thread(
+                personal.refit, np.asarray(node.core.model, dtype=np.float32), node.core.round
+            )
+            count("api_personal_refits")
+        except Exception as exc:  # a failed fit must not take the API down: counted, logged
+            count("api_personal_refit_errors")
+            log.warning("personal_refit_failed", error=repr(exc))
+
     async def feedback(request: web.Request) -> web.Response:
         try:
             doc = await request.json()
-        except ValueError:
-            return _error(400, "bad_json", 'send JSON: {"clip_id": "…", "label": "yes"}.')
+        except ValueError:  # includes bodies that are not UTF-8
+            return _error(400, "bad_json", 'send UTF-8 JSON: {"clip_id": "…", "label": "yes"}.')
         clip_id, label = (doc.get("clip_id"), doc.get("label")) if isinstance(doc, dict) else (0, 0)
         if not isinstance(clip_id, str) or not (label is None or isinstance(label, str)):
             return _error(
@@ -222,11 +308,21 @@ def build_app(node: NodeRunner) -> web.Application:
                 'expected {"clip_id": "<from /v1/recognize>", "label": "<a label>" or null for '
                 '"none of these"}.',
             )
+        owner_ok: bool | None = None
+        if api.owner is not None and label is not None:
+            try:
+                owner_ok = await _owner_says(store, speakers, api.owner, clip_id)
+            except (EnrolmentError, UploadError) as exc:
+                return rejected(exc)
         try:
-            fb = await asyncio.to_thread(store.record, clip_id, label)
+            fb = await asyncio.to_thread(store.record, clip_id, label, train=owner_ok is not False)
         except FeedbackError as exc:
             return _error(exc.status, "feedback_refused", str(exc))
-        node.counters["api_feedback"] = node.counters.get("api_feedback", 0) + 1
+        count("api_feedback")
+        if api.personalize and fb.inbox_path is not None:
+            task = asyncio.get_running_loop().create_task(refit())
+            refits.add(task)
+            task.add_done_callback(refits.discard)
         return web.json_response(
             {
                 "clip_id": fb.clip_id,
@@ -235,55 +331,241 @@ def build_app(node: NodeRunner) -> web.Application:
                 "model_was_right": fb.corrected == fb.predicted,
                 "model_round": fb.model_round,
                 "queued_for_training": fb.inbox_path is not None,
+                "owner_verified": owner_ok,
             }
         )
 
     async def feedback_stats(_: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(store.stats))
 
-    async def close_store(_: web.Application) -> None:
-        store.close()
+    async def personal_status(_: web.Request) -> web.Response:
+        return web.json_response({"enabled": api.personalize, **personal.describe()})
 
-    async def openapi(_: web.Request) -> web.Response:
-        return web.json_response(openapi_document(limits))
+    async def personal_refit(_: web.Request) -> web.Response:
+        if refits:
+            await asyncio.gather(*refits, return_exceptions=True)
+        await refit()
+        return web.json_response({"enabled": api.personalize, **personal.describe()})
 
-    # Bodies are capped by hand (a JSON 413), so aiohttp's own cap sits just above ours.
-    app = web.Application(client_max_size=limits.max_bytes + (64 << 10))
-    app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/recognize", recognize)
+    async def stop_refits(_: web.Application) -> None:
+        for task in list(refits):
+            task.cancel()
+
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/v1/feedback/stats", feedback_stats)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app.on_cleanup.append(close_store)
-    return app
+    app.router.add_get("/v1/personal", personal_status)
+    app.router.add_post("/v1/personal/refit", personal_refit)
+    app.on_cleanup.insert(0, stop_refits)
 
 
-async def _read_clip(request: web.Request, limits: UploadLimits) -> bytes:
-    """The clip's bytes: the raw body, or the first file part of a multipart form."""
+def _speaker_routes(
+    app: web.Application,
+    speakers: Speakers,
+    api: ApiConfig,
+    limits: UploadLimits,
+    counters: dict[str, int],
+) -> None:
+    """Enrolment (``/v1/speakers``) and verification (``POST /v1/verify``)."""
+
+    def count(key: str) -> None:
+        counters[key] = counters.get(key, 0) + 1
+
+    def rejected(exc: UploadError | EnrolmentError) -> web.Response:
+        return _rejected(counters, exc)
+
+    async def decode(data: bytes, rate: int) -> Upload:
+        return await asyncio.to_thread(decode_upload, data, rate, limits)
+
+    async def enroll(request: web.Request) -> web.Response:
+        try:
+            name = check_name(request.match_info["name"])
+            files, _ = await _read_form(request, limits, max_files=MAX_ENROL_CLIPS)
+            clips = [await decode(b, SPEAKER_RATE) for b in files]
+            replace = request.query.get("replace", "0") in ("1", "true", "yes")
+            out = await asyncio.to_thread(speakers.enrol, name, clips, replace)
+        except (UploadError, EnrolmentError) as exc:
+            return rejected(exc)
+        count("api_enrolled")
+        return web.json_response(out)
+
+    async def list_speakers(_: web.Request) -> web.Response:
+        names = await asyncio.to_thread(speakers.book.names)
+        return web.json_response(
+            {"speakers": names, "threshold": api.speaker_threshold, "owner": api.owner}
+        )
+
+    async def forget_speaker(request: web.Request) -> web.Response:
+        try:
+            name = check_name(request.match_info["name"])
+        except EnrolmentError as exc:
+            return rejected(exc)
+        if not await asyncio.to_thread(speakers.book.forget, name):
+            return _error(404, "unknown_speaker", f"no speaker {name!r} is enrolled.")
+        return web.json_response({"speaker": name, "forgotten": True})
+
+    async def verify(request: web.Request) -> web.Response:
+        try:
+            files, fields = await _read_form(request, limits, max_files=2)
+            name = request.query.get("speaker") or fields.get("speaker")
+            clips = [await decode(b, SPEAKER_RATE) for b in files]
+            if name is not None:
+                check_name(name)
+                if len(clips) != 1:
+                    raise EnrolmentError(
+                        400,
+                        "verify_needs_one_clip",
+                        f"send one clip to verify against {name!r} (got {len(clips)}).",
+                    )
+                out = await asyncio.to_thread(speakers.verify, clips[0], name)
+            elif len(clips) == 2:
+                out = await asyncio.to_thread(speakers.compare, clips[0], clips[1])
+            else:
+                raise EnrolmentError(
+                    400,
+                    "verify_needs_speaker",
+                    "send one clip with ?speaker=<enrolled name> (or a 'speaker' form field), "
+                    f"or two clips as multipart files to compare them (got {len(clips)}).",
+                )
+        except (UploadError, EnrolmentError) as exc:
+            return rejected(exc)
+        count("api_verified")
+        return web.json_response(out)
+
+    app.router.add_get("/v1/speakers", list_speakers)
+    app.router.add_post("/v1/speakers/{name}/enroll", enroll)
+    app.router.add_delete("/v1/speakers/{name}", forget_speaker)
+    app.router.add_post("/v1/verify", verify)
+
+
+#: Clips one enrolment request may carry.
+MAX_ENROL_CLIPS = 8
+SPEAKER_RATE = 16000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _auth(token: str) -> Any:
+    """Middleware: every request carries ``Authorization: Bearer <token>`` (constant-time check)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(got, expected):
+            return _error(
+                401, "unauthorized", "send the node's api.token as 'Authorization: Bearer <token>'."
+            )
+        return await handler(request)
+
+    return check
+
+
+class Speakers:
+    """Speaker embeddings for the API: the encoder is loaded on first use (5.7 MB)."""
+
+    def __init__(self, book: SpeakerBook) -> None:
+        self.book = book
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+
+    def embed(self, clip: Upload) -> np.ndarray:
+        """One clip's voice embedding (clips arrive decoded at 16 kHz)."""
+        with self._lock:
+            if self._encoder is None:
+                from flava_p2p.speech.speaker import SpeakerEncoder
+
+                self._encoder = SpeakerEncoder()
+        out: np.ndarray = self._encoder.embed(clip.wave, SPEAKER_RATE)
+        return out
+
+    def enrol(self, name: str, clips: list[Upload], replace: bool) -> dict[str, Any]:
+        """Add clips to ``name``'s enrolment."""
+        return self.book.enrol(name, np.stack([self.embed(c) for c in clips]), replace=replace)
+
+    def verify(self, clip: Upload, name: str) -> dict[str, Any]:
+        """One clip against an enrolled speaker."""
+        v = self.book.verify(self.embed(clip), name)
+        return {
+            "speaker": name,
+            "score": round(v.score, 4),
+            "threshold": v.threshold,
+            "same_speaker": v.same_speaker,
+        }
+
+    def compare(self, a: Upload, b: Upload) -> dict[str, Any]:
+        """Two clips against each other."""
+        v = self.book.compare(self.embed(a), self.embed(b))
+        return {
+            "score": round(v.score, 4),
+            "threshold": v.threshold,
+            "same_speaker": v.same_speaker,
+        }
+
+
+async def _owner_says(store: FeedbackStore, speakers: Speakers, owner: str, clip_id: str) -> bool:
+    """Whether the kept clip ``clip_id`` verifies as the node's owner."""
+    path = await asyncio.to_thread(store.clip_path, clip_id)
+    if path is None:
+        return False  # an unknown clip: store.record answers with its own 404
+    data = await asyncio.to_thread(path.read_bytes)
+    limits = UploadLimits(max_bytes=len(data) + 1, max_seconds=3600.0)
+    clip = await asyncio.to_thread(decode_upload, data, SPEAKER_RATE, limits)
+    return bool((await asyncio.to_thread(speakers.verify, clip, owner))["same_speaker"])
+
+
+async def _read_form(
+    request: web.Request, limits: UploadLimits, max_files: int
+) -> tuple[list[bytes], dict[str, str]]:
+    """The clips (the raw body, or up to ``max_files`` file parts of a multipart form) and the
+    form's text fields. Sizes are checked per clip; a broken form is a 400, never a crash."""
     too_large = UploadError(
-        413, "too_large", f"the body exceeds {limits.max_bytes} bytes (api.max_upload_bytes)."
+        413, "too_large", f"a clip exceeds {limits.max_bytes} bytes (api.max_upload_bytes)."
     )
-    if request.content_length is not None and request.content_length > limits.max_bytes + 65536:
+    if request.content_length is not None and request.content_length > (
+        max_files * limits.max_bytes + 65536
+    ):
         raise too_large
     try:
         if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            async for part in reader:
-                if isinstance(part, BodyPartReader) and (part.filename or part.name):
-                    data = await part.read(decode=False)
-                    if len(data) > limits.max_bytes:
-                        raise too_large
-                    return bytes(data)
-            raise UploadError(400, "no_file", "the multipart form has no file part.")
+            return await _read_multipart(request, limits, max_files)
         data = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
-    except ValueError as exc:  # malformed multipart framing
+    except UnicodeDecodeError:
+        raise UploadError(400, "bad_field", "form fields must be UTF-8 text.") from None
+    except ValueError as exc:  # malformed multipart framing, truncated bodies
         raise UploadError(400, "bad_multipart", f"malformed multipart body ({exc}).") from None
     if len(data) > limits.max_bytes:
         raise too_large
-    return data
+    return [data], {}
+
+
+async def _read_multipart(
+    request: web.Request, limits: UploadLimits, max_files: int
+) -> tuple[list[bytes], dict[str, str]]:
+    """File parts (clips) and short text fields of a multipart form."""
+    files: list[bytes] = []
+    fields: dict[str, str] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise UploadError(400, "bad_multipart", "nested multipart is not accepted.")
+        data = bytes(await part.read(decode=False))
+        if part.filename is None and part.name not in (None, "file", "clip", "a", "b"):
+            if len(data) > 256:
+                raise UploadError(400, "bad_field", f"form field {part.name!r} is too long.")
+            fields[str(part.name)] = data.decode("utf-8")
+            continue
+        if len(data) > limits.max_bytes:
+            raise UploadError(
+                413, "too_large", f"a clip exceeds {limits.max_bytes} bytes (api.max_upload_bytes)."
+            )
+        files.append(data)
+        if len(files) > max_files:
+            raise UploadError(413, "too_many_files", f"at most {max_files} clips per request.")
+    if not files:
+        raise UploadError(400, "no_file", "the multipart form has no file part.")
+    return files, fields
 
 
 def _error(status: int, reason: str, message: str) -> web.Response:

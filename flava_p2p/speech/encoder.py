@@ -98,14 +98,21 @@ def read_verified(spec: EncoderSpec, path: str | Path | None = None) -> bytes:
 
     ``path`` overrides the packaged file (tests use it to check the errors).
     """
+    return read_pretrained(spec.filename, spec.sha256, spec.size, f"{spec.name} encoder", path)
+
+
+def read_pretrained(
+    filename: str, sha256: str, size: int, what: str, path: str | Path | None = None
+) -> bytes:
+    """A file of ``flava_p2p.pretrained`` (or ``path``), checked against its pinned SHA-256."""
     if path is None:
-        where = resources.files("flava_p2p.pretrained") / spec.filename
+        where = resources.files("flava_p2p.pretrained") / filename
         source = str(where)
         try:
             blob = where.read_bytes()
         except (FileNotFoundError, OSError) as exc:
             raise EncoderError(
-                f"{source}: the pretrained encoder file {spec.filename!r} is missing ({exc}). "
+                f"{source}: the pretrained file {filename!r} ({what}) is missing ({exc}). "
                 f"It ships inside the flava-p2p package; reinstall it "
                 f"(`pip install --force-reinstall flava-p2p`, or `scripts/setup.sh` in a checkout)."
             ) from None
@@ -114,14 +121,14 @@ def read_verified(spec: EncoderSpec, path: str | Path | None = None) -> bytes:
         try:
             blob = Path(path).read_bytes()
         except OSError as exc:
-            raise EncoderError(f"{source}: cannot read the encoder file ({exc}).") from None
+            raise EncoderError(f"{source}: cannot read the {what} file ({exc}).") from None
     digest = hashlib.sha256(blob).hexdigest()
-    if digest != spec.sha256:
+    if digest != sha256:
         raise EncoderError(
-            f"{source}: the {spec.name} encoder file does not match the pinned SHA-256 "
-            f"(expected {spec.sha256}, got {digest}, {len(blob):,} bytes instead of "
-            f"{spec.size:,}). The file was changed or truncated; reinstall flava-p2p to restore "
-            f"it. A different encoder needs its own entry in flava_p2p/speech/encoder.py."
+            f"{source}: the {what} file does not match the pinned SHA-256 "
+            f"(expected {sha256}, got {digest}, {len(blob):,} bytes instead of "
+            f"{size:,}). The file was changed or truncated; reinstall flava-p2p to restore "
+            f"it. A different file needs its own pin in the flava_p2p.speech module using it."
         )
     return blob
 
