@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from flava_p2p.cli.common import HelpFormatter, add_logging_args, run_cli
+from flava_p2p.cli.device import add_device_commands
 from flava_p2p.config import NodeConfig, load_config
 
 DEFAULT_HOME = Path.home() / ".flava"
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_args(predict, top_level=False)
     predict.set_defaults(func=_cmd_predict)
     _add_recognize(sub)
+    add_device_commands(sub)
     return parser
 
 
