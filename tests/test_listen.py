@@ -100,7 +100,8 @@ class TestCli:
     ) -> None:
         """No node runs: `listen` says so, falls back to the checkpoint, prints one JSON line
         per spoken word, and most are the word that was said."""
-        said, clips = [], []
+        said: list[str] = []
+        clips: list[np.ndarray] = []
         for word in ("yes", "no", "stop", "yes", "no", "stop"):
             path = sorted((tiny_corpus / word).glob("*.wav"))[len(said) % 2]
             wave, rate = read_audio(path)
