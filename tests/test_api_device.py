@@ -185,6 +185,16 @@ class TestPersonal:
         assert serve(node, again)["clips"] == len(clips)
 
 
+def test_openapi_lists_the_device_routes(node: SimpleNamespace) -> None:
+    async def call(client: Client) -> dict[str, Any]:
+        doc: dict[str, Any] = await (await client.get("/v1/openapi.json")).json()
+        return doc
+
+    paths = serve(node, call)["paths"]
+    for route in ("/v1/verify", "/v1/speakers/{name}/enroll", "/v1/personal", "/v1/speakers"):
+        assert route in paths, route
+
+
 class TestToken:
     def test_off_loopback_needs_a_token(self) -> None:
         with pytest.raises(ValidationError, match=r"api\.token"):

@@ -654,6 +654,52 @@ def openapi_document(limits: UploadLimits) -> dict[str, Any]:
                     "responses": {"200": {}},
                 }
             },
+            "/v1/personal": {
+                "get": {
+                    "summary": "the private correction: α, clips, cross-validated accuracy per α",
+                    "responses": {"200": {}},
+                }
+            },
+            "/v1/personal/refit": {
+                "post": {
+                    "summary": "refit the correction on the user's labelled clips now",
+                    "responses": {"200": {}},
+                }
+            },
+            "/v1/speakers": {
+                "get": {"summary": "enrolled speakers and the threshold", "responses": {"200": {}}}
+            },
+            "/v1/speakers/{name}/enroll": {
+                "post": {
+                    "summary": "add clips (raw body, or up to 8 multipart files) to an enrolment",
+                    "description": "Stores voice embeddings only; ?replace=1 starts afresh. "
+                    "Names: 1-64 of [A-Za-z0-9_-].",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"audio/wav": audio, "multipart/form-data": {}},
+                    },
+                    "responses": {"200": {}, "400": error, "413": error, "415": error},
+                }
+            },
+            "/v1/speakers/{name}": {
+                "delete": {"summary": "forget an enrolment", "responses": {"200": {}, "404": error}}
+            },
+            "/v1/verify": {
+                "post": {
+                    "summary": "one clip against an enrolled speaker, or two clips",
+                    "description": "One clip with ?speaker=<name> (or a 'speaker' form field), "
+                    "or two multipart files. Answers score (cosine), threshold, same_speaker.",
+                    "responses": {"200": {}, "400": error, "404": error, "415": error},
+                }
+            },
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {}}}},
         },
     }
