@@ -103,15 +103,18 @@ def fit_personal(
     *,
     shared_round: int = 0,
     folds: int = 5,
-    steps: int = 150,
-    lr: float = 0.05,
-    l2: float = 1e-3,
+    steps: int = 300,
+    lr: float = 0.1,
+    l2: float = 1e-4,
     seed: int = 0,
 ) -> PersonalFit:
     """Fit ``Δ`` and choose ``α`` on the user's clips (see the module docstring).
 
     ``model`` is only used as the architecture (a private copy is trained); ``features`` are the
-    front end's outputs for the clips, ``labels`` their class indices."""
+    front end's outputs for the clips, ``labels`` their class indices. The defaults (Adam, 300
+    full-batch steps, lr 0.1, λ 1e-4) were chosen on FSDD's held-out speakers with 50 feedback
+    clips each: a gentler fit (150 steps, lr 0.05, λ 1e-3) rarely changed a prediction, so
+    cross-validation switched it off; α still guards against a fit that does not help."""
     n = len(labels)
     base = np.asarray(shared, dtype=np.float32)
     if n < MIN_CLIPS or len(torch.unique(labels)) < 2:
