@@ -77,3 +77,31 @@ class TestKernelFilter:
             assert set_drop_filter(s, [("127.0.0.1", 1)]) is False
         finally:
             s.close()
+
+    def test_the_beacon_socket_drops_a_graylisted_sender(self) -> None:
+        """The multicast beacon socket takes the same list: a flooder's beacons are dropped
+        in the kernel, an honest node's beacons still arrive."""
+        from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket
+
+        group = ("239.255.70.93", _free_port())
+        beacon = open_beacon_socket(group, "127.0.0.1")
+        beacon.setblocking(True)
+        beacon.settimeout(0.3)
+        flooder, honest = udp(), udp()
+        try:
+            for s in (flooder, honest):
+                enable_multicast_send(s, "127.0.0.1")
+            assert set_drop_filter(beacon, [("127.0.0.1", flooder.getsockname()[1])])
+            for i in range(5):
+                flooder.sendto(b"f%d" % i, group)
+                honest.sendto(b"h%d" % i, group)
+            assert drain(beacon) == [b"h%d" % i for i in range(5)]
+        finally:
+            for s in (beacon, flooder, honest):
+                s.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -348,9 +348,16 @@ class NodeRunner:
         for entry in self.core.scores.graylisted_addrs(time.time()):
             host, _, port = entry.removeprefix("addr:").rpartition(":")
             addrs.append((host, int(port)))
-        if addrs != self._kernel_filtered and set_drop_filter(self.sock, addrs):
+        if addrs == self._kernel_filtered:
+            return
+        if set_drop_filter(self.sock, addrs):
             self._kernel_filtered = addrs
             self.counters["kernel_filtered_addresses"] = min(len(addrs), MAX_FILTERED)
+        # Beacons arrive from the sender's unicast address, so the same list applies to the
+        # beacon socket: a graylisted flooder cannot come back in through multicast.
+        beacon = self.beacon_transport.get_extra_info("socket") if self.beacon_transport else None
+        if beacon is not None and set_drop_filter(beacon, addrs):
+            self.counters["kernel_filtered_beacon_addresses"] = min(len(addrs), MAX_FILTERED)
 
     def _save_state(self) -> None:
         self.state.round = self.core.round
