@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,8 @@ class Resume:
     dp: DpInfo = field(default_factory=lambda: DpInfo(None, None))
     view: list[PeerDescriptor] = field(default_factory=list)
     message_releases: int = 0
+    screen: dict[str, Any] | None = None
+    """``NodeCore.screen_state()`` saved after the last merge (None: start fresh)."""
 
 
 def core_spec(
@@ -145,6 +148,13 @@ def resume_core(core: NodeCore, resume: Resume) -> None:
     core.sample_count = resume.sample_count
     core.dp = resume.dp
     core.restore_view(list(resume.view))
+    if resume.screen is not None:
+        try:
+            core.load_screen_state(resume.screen)
+        except (ValueError, KeyError, TypeError):
+            # Another model (a new task card) or a damaged entry: screening starts afresh,
+            # which is what a new node does; counted so the operator can see it happened.
+            core.counters["screen_state_discarded"] = 1
 
 
 def snapshot(core: NodeCore) -> Resume:
@@ -157,6 +167,7 @@ def snapshot(core: NodeCore) -> Resume:
         dp=core.dp,
         view=core.view_descriptors(),
         message_releases=mn.releases if mn is not None else 0,
+        screen=core.screen_state(),
     )
 
 

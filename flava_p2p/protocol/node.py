@@ -19,7 +19,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -567,6 +567,37 @@ class NodeCore:
         for peer, reason in result.refused:
             self._penalize(peer, reason, now)
         return {p: fresh[p] for p in result.kept}
+
+    def screen_state(self) -> dict[str, Any]:
+        """What the screens and scores remember across rounds, for a crash-safe restart:
+        the node's own progress, the recent distance and cosine windows, the peer scores.
+        Plain msgpack-able values; the vector as raw float64 bytes with its length."""
+        return {
+            "own_progress": self._own_progress.astype("<f8").tobytes(),
+            "size": int(self._own_progress.size),
+            "distances": list(self._distances),
+            "cosines": list(self._cosines),
+            "scores": self.scores.to_state(),
+        }
+
+    def load_screen_state(self, doc: dict[str, Any]) -> None:
+        """Restore :meth:`screen_state`; ValueError (nothing changed) if it does not fit."""
+        raw, size = doc["own_progress"], int(doc["size"])
+        if not isinstance(raw, bytes) or size != self._own_progress.size or len(raw) != 8 * size:
+            raise ValueError(
+                f"saved screening state is for a model of {size} weights, this one has "
+                f"{self._own_progress.size}"
+            )
+        progress = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+        if not np.all(np.isfinite(progress)):
+            raise ValueError("saved screening state holds non-finite values")
+        PeerScores().load_state(doc["scores"])  # validate before touching the live state
+        self._own_progress = progress
+        self._distances.clear()
+        self._distances.extend(float(d) for d in doc["distances"])
+        self._cosines.clear()
+        self._cosines.extend(float(c) for c in doc["cosines"])
+        self.scores.load_state(doc["scores"])
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
         """Peers' claimed sample counts, capped (``screens.cap_samples``)."""

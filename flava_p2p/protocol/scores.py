@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Score penalty per rejection reason (authenticated sources only).
 PENALTIES: dict[str, float] = {
@@ -96,6 +97,27 @@ class PeerScores:
         """Whether datagrams from ``addr`` are dropped unread now."""
         return self._addr_until.get(addr, -1.0) > now
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything that decides future penalties, as plain msgpack-able values (the
+        per-address flood windows are seconds long and are not kept)."""
+        return {
+            "score": [[p, s, at] for p, (s, at) in sorted(self._score.items())],
+            "peer_until": [[p, t] for p, t in sorted(self._peer_until.items())],
+            "addr_until": [[a, t] for a, t in sorted(self._addr_until.items())],
+        }
+
+    def load_state(self, doc: dict[str, Any]) -> None:
+        """Restore :meth:`to_state` (values are type-checked; a bad entry raises ValueError)."""
+        self._score = {_peer(p): (float(s), float(at)) for p, s, at in doc.get("score", [])}
+        self._peer_until = {_peer(p): float(t) for p, t in doc.get("peer_until", [])}
+        self._addr_until = {str(a): float(t) for a, t in doc.get("addr_until", [])}
+
     def graylisted_addrs(self, now: float) -> list[str]:
         """Addresses graylisted now."""
         return sorted(a for a, t in self._addr_until.items() if t > now)
+
+
+def _peer(p: object) -> bytes:
+    if not isinstance(p, bytes) or not 0 < len(p) <= 64:
+        raise ValueError("a peer id in the saved scores is not a short byte string")
+    return p

@@ -32,7 +32,6 @@ from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_mu
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.node.assembly import (
     ModelIdentity,
-    Resume,
     assemble_core,
     attach_attack,
     core_spec,
@@ -41,6 +40,7 @@ from flava_p2p.protocol.node import (
     Addr,
     Event,
     Graylisted,
+    ModelMerged,
     NodeCore,
     PeerJoined,
     PeerLeft,
@@ -52,7 +52,7 @@ from flava_p2p.runtime.core_loop import AsyncioScheduler, CoreLoop
 from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
-from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState
+from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState, capture, resume_record
 from flava_p2p.speech.clip_folder import ClipFolder, FolderChange
 from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.task import TaskCard, apply_task, load_task
@@ -300,12 +300,7 @@ class NodeRunner:
             network_key=network_key,
             rng_seed=f"{cfg.seed}:{self.identity.peer_id_str}",
         )
-        resume = Resume(
-            model=self.trainer.get_flat(),
-            round=self.state.round,
-            view=self.state.view,
-            message_releases=self.state.message_releases,
-        )
+        resume = resume_record(self.state, self.trainer.get_flat())
         # Message noise from OS entropy: never a seed a peer could learn.
         core = assemble_core(
             spec, first_seq=first_seq, noise_rng=np.random.default_rng(), resume=resume
@@ -360,14 +355,16 @@ class NodeRunner:
             self.counters["kernel_filtered_beacon_addresses"] = min(len(addrs), MAX_FILTERED)
 
     def _save_state(self) -> None:
-        self.state.round = self.core.round
-        self.state.view = self.core.view_descriptors()
-        self.state.seq_reserved = max(self.state.seq_reserved, self.core.wire.next_seq + 1)
+        capture(self.state, self.core)
         self.state.save(self.home / STATE_FILE)
 
     def _on_event(self, ev: Event) -> None:
         """Carry out one core event (called by the CoreLoop, on the event loop)."""
-        if isinstance(ev, TrainRequest):
+        if isinstance(ev, ModelMerged):
+            # The merged model and what the screens remember, on disk before anything else
+            # happens: after kill -9 the node screens the next round exactly as it would have.
+            self._save_state()
+        elif isinstance(ev, TrainRequest):
             if self._training:
                 self._count("train_skipped_busy")
             else:
