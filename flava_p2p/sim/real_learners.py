@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -95,9 +96,10 @@ class RealLearners:
         test = _held_out(sc, fs, root, labels, enc_threads, seed)
         self.test = test
         self.n_classes = len(fs.label_names)
-        parts = _partition(sc, train.speakers, train.labels.numpy(), seed)
-        if sc.data.label_fraction < 1:
-            parts = _label_subsets(parts, train.labels.numpy(), self.n_classes, sc, seed)
+        parts, held = _node_parts(sc, train, self.n_classes, seed)
+        #: Per audited node: clips of its own set aside, never trained on (non-members).
+        self.audit_out = {i: train.subset(h) for i, h in enumerate(held) if len(h)}
+        self._public = test
         #: Per node: its clips in arrival order and when each arrives (virtual seconds).
         self._arrivals = _arrival_times(sc, parts, seed) if sc.data.arrival else None
         self._shown: dict[int, int] = {}
@@ -214,6 +216,59 @@ class RealLearners:
             for k in sorted(models)
         }
 
+    def audit(self, models: dict[int, Vec], max_nodes: int, delta: float) -> dict[str, Any]:
+        """Membership inference against each audited node's model (see learning/audit.py)."""
+        from flava_p2p.learning.audit import attack_figures, per_example_loss
+        from flava_p2p.learning.models import build_model
+
+        nodes = [i for i in sorted(models) if i in self.audit_out and i in self._local]
+        nodes = nodes[:max_nodes]
+        if not nodes:
+            return {"skipped": "no node has audit clips here (audit.holdout_fraction: 0, "
+                    "or the nodes live in worker processes)"}  # fmt: skip
+        # A plain model of the same architecture (the trainer's may carry Opacus hooks).
+        _, _, n_feat, n_frames = self._public.features.shape
+        net = build_model(self._model_cfg, self.n_classes, int(n_feat), int(n_frames))
+        reference = self._reference_model(net)
+        loss_in: list[npt.NDArray[np.float64]] = []
+        loss_out: list[npt.NDArray[np.float64]] = []
+        cal_in: list[npt.NDArray[np.float64]] = []
+        cal_out: list[npt.NDArray[np.float64]] = []
+        for i in nodes:
+            for fs, loss, cal in ((self._local[i], loss_in, cal_in),
+                                  (self.audit_out[i], loss_out, cal_out)):  # fmt: skip
+                own = per_example_loss(net, models[i], fs.features, fs.labels)
+                ref = per_example_loss(net, reference, fs.features, fs.labels)
+                loss.append(-own)
+                cal.append(ref - own)
+        cat = np.concatenate
+        return {
+            "nodes": len(nodes),
+            "unit": "example-level: one clip in or out of one node's training set",
+            "loss_threshold": attack_figures(cat(loss_in), cat(loss_out), delta).as_dict(),
+            "calibrated": attack_figures(cat(cal_in), cat(cal_out), delta).as_dict(),
+        }
+
+    def _reference_model(self, net: Any) -> Vec:
+        """The attacker's reference: a head trained without DP on public clips (the held-out
+        test speakers, whom no node trains on), from the same genesis."""
+        import torch
+
+        torch.nn.utils.vector_to_parameters(torch.as_tensor(self.genesis.copy()), net.parameters())
+        net.train(True)
+        opt = torch.optim.Adam(net.parameters(), lr=0.01)
+        x, y = self._public.features, self._public.labels
+        gen = torch.Generator().manual_seed(self._seed)
+        for _ in range(300):
+            idx = torch.randint(0, len(y), (min(128, len(y)),), generator=gen)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        net.train(False)
+        ref: Vec = torch.nn.utils.parameters_to_vector(net.parameters()).detach().numpy().copy()
+        return ref
+
     def epsilon(self, i: int) -> float | None:
         """ε of the node's ledger after its last burst (example-level); 0 before any."""
         if i in self._eps:
@@ -325,3 +380,32 @@ def _partition(
             return partition.quantity_skewed(len(labels), n, data.quantity_skew, seed=seed)
         return partition.iid(len(labels), n, seed=seed)
     return partition.dirichlet(labels, n, sc.data.alpha, seed=seed)
+
+
+def _node_parts(
+    sc: Scenario, train: FeatureSet, n_classes: int, seed: int
+) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.int64]]]:
+    """Each node's training clips, and the clips set aside for the privacy audit (empty
+    unless ``audit.holdout_fraction`` > 0)."""
+    labels = train.labels.numpy()
+    parts = _partition(sc, train.speakers, labels, seed)
+    if sc.data.label_fraction < 1:
+        parts = _label_subsets(parts, labels, n_classes, sc, seed)
+    if sc.audit.holdout_fraction <= 0:
+        return parts, [np.zeros(0, np.int64) for _ in parts]
+    return _audit_holdout(parts, sc.audit.holdout_fraction, seed)
+
+
+def _audit_holdout(
+    parts: list[npt.NDArray[np.int64]], fraction: float, seed: int
+) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.int64]]]:
+    """Split every node's clips at random into (trained on, set aside for the audit)."""
+    rng = np.random.default_rng([seed, 0xA0D17])
+    keep, held = [], []
+    for p in parts:
+        out = rng.random(len(p)) < fraction
+        if len(p) >= 2 and out.all():
+            out[rng.integers(len(p))] = False  # a node always keeps something to train on
+        keep.append(p[~out])
+        held.append(p[out])
+    return keep, held

@@ -81,6 +81,10 @@ class RunLoop:
     def _close(self) -> None:
         raise NotImplementedError
 
+    def _audit(self) -> dict[str, Any] | None:
+        """The privacy audit of the final models (``audit:`` in the scenario), or None."""
+        return None
+
     def _costs(self) -> tuple[list[int], Counter[str], Counter[str]]:
         """Clips per node, fault datagrams and attack datagrams sent."""
         raise NotImplementedError
@@ -115,12 +119,15 @@ class RunLoop:
                     fh.flush()
                 if progress is not None:
                     progress(t, self.horizon, rec)
+            audit = self._audit() if self.sc.audit.holdout_fraction > 0 else None
         finally:
             self._close()
             if fh is not None:
                 fh.close()
         summary = self.summarize(records, time.perf_counter() - start)
         summary["wall_seconds_at_measurements"] = walls
+        if audit is not None:
+            summary["privacy_audit"] = audit
         if out is not None:
             (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
             if self.sc.metrics.plots and summary["final"]["honest_mean_acc"] is not None:
@@ -523,6 +530,15 @@ class Simulation(RunLoop):
 
     def _advance(self, t: float) -> None:
         self.net.run_until(t)
+
+    def _audit(self) -> dict[str, Any] | None:
+        audit = getattr(self.learners, "audit", None)
+        if audit is None:
+            return {"skipped": "the audit needs the real learner"}
+        up = [i for i in self.honest if self.net.runs(i) and i not in self.net.down]
+        models = {i: self.net.nodes[i].model for i in up}
+        result: dict[str, Any] = audit(models, self.sc.audit.max_nodes, self.sc.privacy.delta)
+        return result
 
     def _close(self) -> None:
         self.learners.close()

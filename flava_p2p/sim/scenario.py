@@ -276,6 +276,18 @@ class MetricsSpec(_Strict):
     plots: bool = True
 
 
+class AuditSpec(_Strict):
+    """Membership-inference audit of the nodes' final models (``flava_p2p/learning/audit.py``).
+
+    Needs non-members from the nodes' own speakers: ``holdout_fraction`` of each node's clips
+    is set aside at random and never trained on. 0 (the default) turns the audit off and trains
+    on everything, so existing scenarios keep their figures."""
+
+    holdout_fraction: float = Field(default=0.0, ge=0.0, le=0.5)
+    max_nodes: int = Field(default=64, ge=1)
+    """Audit at most this many honest nodes (the first by index)."""
+
+
 class NodeSettings(_Strict):
     """What a real node sets in node.yaml's network section, for every simulated node."""
 
@@ -317,6 +329,7 @@ class Scenario(_Strict):
     ``fast``: UNSEALED — no signatures, no encryption (everything else of the wire kept), for
     scale studies whose question is not the wire; the summary says so. Never the default."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
