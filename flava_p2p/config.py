@@ -173,6 +173,14 @@ class GossipConfig(_Strict):
     model) has cosine ≈ 0 with everything; honest models of one task point the same way.
     Before agreement (the first rounds, when every model is mostly DP noise) it waits.
     null: off."""
+    max_reference_loss: float | None = Field(default=1.25, gt=1)
+    """Where the node has a public reference set (clips no node trains on: a corpus's
+    validation speakers in a simulation), received models whose loss on it is more than this
+    many times the larger of our model's and the genesis model's are not merged and count
+    against their sender. It judges what a model *does*, not how its weights look: noise and
+    label-flipped models predict the reference clips worse than an untrained model, while an
+    honest model that is merely behind is never worse than the genesis. Costs no privacy (no
+    private clip is used). null: off."""
     train_min_peers: int = Field(default=0, ge=0, le=1024)
     """Train only while at least this many peers are in the view. A node whose clips cover
     only some of the task's labels should not spend its privacy budget before it can merge:
@@ -189,6 +197,7 @@ class GossipConfig(_Strict):
 
 #: The pre-merge screens switched off: what a plain (undefended) baseline sets.
 SCREENS_OFF: dict[str, None] = {
+    "max_reference_loss": None,
     "opposed_cosine": None,
     "max_norm_ratio": None,
     "max_one_sided": None,

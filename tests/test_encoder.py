@@ -85,7 +85,7 @@ class TestEncoder:
 
     def test_missing_model_file_is_refused(self, tmp_path: Path) -> None:
         """No file: an EncoderError naming it, not a FileNotFoundError from deep inside."""
-        with pytest.raises(enc.EncoderError, match="cannot read the encoder file"):
+        with pytest.raises(enc.EncoderError, match="cannot read the speech_embedding encoder file"):
             enc.SpeechEncoder(enc.SPEECH_EMBEDDING, path=tmp_path / "nope.onnx")
 
     def test_missing_packaged_file_says_reinstall(

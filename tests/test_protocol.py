@@ -580,3 +580,52 @@ class TestScreens:
         assert early.kept == [b"h", b"n"] and not early.refused
         off = ModelScreens(None, None, None, None).judge(own, genesis, progress, received, 0.9)
         assert off.kept == [b"h", b"n"]
+
+
+class TestReferenceScreen:
+    """Models judged by what they do on public reference clips (a loss supplied by the
+    learning side; here the distance to a target model stands in for it)."""
+
+    def _core(self, ratio: float | None) -> tuple[NodeCore, np.ndarray]:
+        from flava_p2p.config import SCREENS_OFF
+
+        target = np.random.default_rng(7).normal(size=DIM).astype(np.float32)
+        gossip = FAST.model_copy(update={**SCREENS_OFF, "max_reference_loss": ratio})
+        core = lone_core(b"q", gossip)
+        core.reference_loss = lambda w: float(np.linalg.norm(np.asarray(w) - target))
+        core.start(0.0)
+        core.sample_count = 100
+        core.local_update(0.8 * target, 100, DpInfo(None, None), 0.0)
+        return core, target
+
+    def _round(self, core: NodeCore, models: dict[bytes, np.ndarray]) -> None:
+        from flava_p2p.protocol.node import _Received
+
+        core._inbox = {
+            p: _Received(m.astype(np.float32), 100, core.round) for p, m in models.items()
+        }
+        core.timer(core._next_gossip)
+
+    def test_worse_than_untrained_is_refused_behind_is_kept(self) -> None:
+        core, target = self._core(1.5)
+        rng = np.random.default_rng(1)
+        noise = 5 * rng.normal(size=DIM)  # far worse than the genesis (0) on the reference
+        behind = 0.2 * target  # honest but late: better than the genesis
+        self._round(core, {b"noise": noise, b"behind": behind, b"good": 0.9 * target})
+        assert set(core.last_inputs) == {b"behind", b"good"}
+        assert core.counters["penalty_reference"] == 1
+
+    def test_persistent_sender_is_graylisted_honest_never(self) -> None:
+        core, target = self._core(1.5)
+        rng = np.random.default_rng(2)
+        for r in range(40):
+            core._now = core._next_gossip
+            self._round(core, {b"noise": 5 * rng.normal(size=DIM),
+                               b"late": (0.1 + 0.02 * r) * target})  # fmt: skip
+        graylisted = core.scores.graylisted(core._now)
+        assert b"noise" in graylisted and b"late" not in graylisted
+
+    def test_off_merges_everything(self) -> None:
+        core, _ = self._core(None)
+        self._round(core, {b"noise": 5 * np.random.default_rng(1).normal(size=DIM)})
+        assert set(core.last_inputs) == {b"noise"}

@@ -183,8 +183,14 @@ class NodeCore:
         noise_rng: np.random.Generator | None = None,
         beacon: tuple[Addr, float] | None = None,
         schema_card: dict[str, str] | None = None,
+        reference_loss: Callable[[Vec], float] | None = None,
     ) -> None:
         self.identity = identity
+        # Loss of a model on a public reference set, supplied by the learning side (the core
+        # itself never touches data): what the reference screen judges models by.
+        self.reference_loss = reference_loss
+        self._genesis_reference: float | None = None
+        self._reference_losses: deque[float] = deque(maxlen=64)
         self.cfg = gossip
         self.rng = rng
         self.screens = ModelScreens.from_config(gossip)
@@ -566,7 +572,36 @@ class NodeCore:
             self._count("direction_from_own_training")
         for peer, reason in result.refused:
             self._penalize(peer, reason, now)
-        return {p: fresh[p] for p in result.kept}
+        kept = {p: fresh[p] for p in result.kept}
+        return self._reference_screen(kept, now)
+
+    def _reference_screen(self, kept: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
+        """Judge models by their loss on the public reference set (``max_reference_loss``).
+
+        A model is not merged when its loss exceeds ``ratio`` × the larger of our model's
+        loss and the median loss of recently received models (honest models at this stage of
+        training), and it costs its sender score only when it is also worse than an untrained
+        model by that ratio: a peer that is merely behind is skipped, never graylisted."""
+        score, ratio = self.reference_loss, self.cfg.max_reference_loss
+        if score is None or ratio is None or not kept:
+            return kept
+        if self._genesis_reference is None:
+            self._genesis_reference = score(self.genesis)
+        losses = {p: score(rec.model) for p, rec in sorted(kept.items())}
+        own = score(self.model)
+        window = self._reference_losses
+        typical = float(np.median(window)) if len(window) >= 8 else self._genesis_reference
+        window.extend(losses.values())
+        ceiling = ratio * max(own, typical)
+        out = {}
+        for peer, rec in kept.items():
+            if losses[peer] <= ceiling:
+                out[peer] = rec
+            elif losses[peer] > ratio * self._genesis_reference:
+                self._penalize(peer, "reference", now)
+            else:
+                self._count("reference_skipped")
+        return out
 
     def screen_state(self) -> dict[str, Any]:
         """What the screens and scores remember across rounds, for a crash-safe restart:
@@ -577,6 +612,7 @@ class NodeCore:
             "size": int(self._own_progress.size),
             "distances": list(self._distances),
             "cosines": list(self._cosines),
+            "reference_losses": list(self._reference_losses),
             "scores": self.scores.to_state(),
         }
 
@@ -597,6 +633,8 @@ class NodeCore:
         self._distances.extend(float(d) for d in doc["distances"])
         self._cosines.clear()
         self._cosines.extend(float(c) for c in doc["cosines"])
+        self._reference_losses.clear()
+        self._reference_losses.extend(float(x) for x in doc.get("reference_losses", []))
         self.scores.load_state(doc["scores"])
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:

@@ -24,6 +24,9 @@ PENALTIES: dict[str, float] = {
     "reassembly_timeout": 0.2,
     "outlier": 1.0,
     "opposed": 1.0,
+    # A model that predicts public reference clips worse than an untrained one is wrong, not
+    # late; charged more than the score decays per round, so a persistent sender graylists.
+    "reference": 2.0,
     "norm_bound": 1.0,
     "flood": 10.0,
 }

@@ -96,6 +96,7 @@ class RealLearners:
         test = _held_out(sc, fs, root, labels, enc_threads, seed)
         self.test = test
         self.n_classes = len(fs.label_names)
+        self._reference_set = _reference_set(sc, fs, seed)
         parts, held = _node_parts(sc, train, self.n_classes, seed)
         #: Per audited node: clips of its own set aside, never trained on (non-members).
         self.audit_out = {i: train.subset(h) for i, h in enumerate(held) if len(h)}
@@ -249,6 +250,23 @@ class RealLearners:
             "calibrated": attack_figures(cat(cal_in), cat(cal_out), delta).as_dict(),
         }
 
+    def reference_scorer(self) -> Callable[[Vec], float] | None:
+        """Loss of a model on the public reference set (the corpus' validation speakers, never
+        trained on, never evaluated on), for the reference screen; None without such clips."""
+        ref = self._reference_set
+        if ref is None:
+            return None
+        from flava_p2p.learning.audit import per_example_loss
+        from flava_p2p.learning.models import build_model
+
+        _, _, n_feat, n_frames = ref.features.shape
+        net = build_model(self._model_cfg, self.n_classes, int(n_feat), int(n_frames))
+
+        def loss(weights: Vec) -> float:
+            return float(per_example_loss(net, weights, ref.features, ref.labels).mean())
+
+        return loss
+
     def _reference_model(self, net: Any) -> Vec:
         """The attacker's reference: a head trained without DP on public clips (the held-out
         test speakers, whom no node trains on), from the same genesis."""
@@ -380,6 +398,23 @@ def _partition(
             return partition.quantity_skewed(len(labels), n, data.quantity_skew, seed=seed)
         return partition.iid(len(labels), n, seed=seed)
     return partition.dirichlet(labels, n, sc.data.alpha, seed=seed)
+
+
+def _reference_set(sc: Scenario, fs: FeatureSet, seed: int) -> FeatureSet | None:
+    """Up to 20 clips per label of the corpus' validation speakers (seeded draw), unless they
+    are part of the evaluation (``data.eval_split: heldout``) or screening is off."""
+    if sc.gossip.max_reference_loss is None or sc.data.eval_split == "heldout":
+        return None
+    val = [i for i, split in enumerate(fs.splits) if split == "validation"]
+    if not val:
+        return None
+    rng = np.random.default_rng([seed, 0x5EF])
+    labels = fs.labels.numpy()
+    pick: list[int] = []
+    for c in range(len(fs.label_names)):
+        of_c = [i for i in val if labels[i] == c]
+        pick += [int(i) for i in rng.permutation(of_c)[:20]]
+    return fs.subset(sorted(pick)) if pick else None
 
 
 def _node_parts(

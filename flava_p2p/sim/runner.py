@@ -223,6 +223,9 @@ class Simulation(RunLoop):
         if sc.wire == "fast":
             log.warning("wire: fast: datagrams are NOT signed or encrypted in this run")
         self.learners: Learners = make_learners(sc, self.seed)
+        scorer = getattr(self.learners, "reference_scorer", None)
+        #: The reference screen's loss on public clips (real learner with a validation split).
+        self._reference_loss = scorer() if scorer is not None else None
         self.links = SimLinks.build(sc.network, n, self.seed)
         self.net = VirtualNetwork(
             link=self.links,
@@ -344,6 +347,7 @@ class Simulation(RunLoop):
             resume=resume,
             endpoint=UnsealedEndpoint if self.sc.wire == "fast" else WireEndpoint,
         )
+        core.reference_loss = self._reference_loss
         if i in self.byzantine:
             attach_attack(
                 core,
