@@ -408,6 +408,11 @@ class DataConfig(_Strict):
     watch_period_s: float | None = Field(default=5.0, gt=0)
     """Rescan ``root`` and ``inbox`` this often: new clips join training, removed clips leave
     it, without a restart. null: load once at start."""
+    reference: Path | None = None
+    """Public clips (same layout, the task's labels) that the reference screen scores received
+    models on (``gossip.max_reference_loss``); never trained on, costs no privacy. For example
+    espeak-ng clips of the labels: `flava-sim dataset synth --words yes,no,… --out ref`.
+    null: the reference screen is off on this node."""
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

@@ -39,7 +39,10 @@ def run_cell(
         # Plain mean: no screening either, the true undefended baseline.
         gossip.update(SCREENS_OFF)
     overrides = {**sets, "gossip": gossip}
-    cluster = Cluster(prepare(Path(args.corpus), root, n, overrides=overrides))
+    homes = prepare(
+        Path(args.corpus), root, n, overrides=overrides, reference_per_label=args.reference
+    )
+    cluster = Cluster(homes)
     attackers = set(range(n - args.byzantine, n)) if attack else set()
     honest = [i for i in range(n) if i not in attackers]
     start = time.time()
@@ -114,6 +117,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--skip-baseline", action="store_true", help="do not run the attack-free cells"
+    )
+    parser.add_argument(
+        "--reference",
+        type=int,
+        default=20,
+        help="validation clips per label as the nodes' public reference set (0: none)",
     )
     parser.add_argument("--root", default="runs/byzantine")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")

@@ -124,6 +124,16 @@ class NodeRunner:
                     f"use a task card, which fixes the labels)."
                 )
             evaluation = ev
+        self.reference_set: FeatureSet | None = None
+        if cfg.data.reference is not None:
+            ref_scan = scan_corpus(resolve(self.home, cfg.data.reference), labels=labels)
+            ref = load_features(ref_scan, cfg.features, cache_dir=cache, threads=threads)
+            if ref.label_names != self.clips.labels:
+                raise FlavaError(
+                    f"data.reference labels {ref.label_names} differ from the training labels "
+                    f"{self.clips.labels}; the reference clips need the same label folders."
+                )
+            self.reference_set = ref
         return self._train_view(), evaluation
 
     def _train_view(self) -> FeatureSet:
@@ -305,6 +315,12 @@ class NodeRunner:
         core = assemble_core(
             spec, first_seq=first_seq, noise_rng=np.random.default_rng(), resume=resume
         )
+        if self.reference_set is not None and len(self.reference_set):
+            from flava_p2p.learning.reference import reference_loss_fn
+
+            core.reference_loss = reference_loss_fn(
+                self.trainer.model_cfg, len(self.reference_set.label_names), self.reference_set
+            )
         attach_attack(core, self.attack, np.random.default_rng())
         return core
 

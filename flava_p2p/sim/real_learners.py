@@ -256,16 +256,9 @@ class RealLearners:
         ref = self._reference_set
         if ref is None:
             return None
-        from flava_p2p.learning.audit import per_example_loss
-        from flava_p2p.learning.models import build_model
+        from flava_p2p.learning.reference import reference_loss_fn
 
-        _, _, n_feat, n_frames = ref.features.shape
-        net = build_model(self._model_cfg, self.n_classes, int(n_feat), int(n_frames))
-
-        def loss(weights: Vec) -> float:
-            return float(per_example_loss(net, weights, ref.features, ref.labels).mean())
-
-        return loss
+        return reference_loss_fn(self._model_cfg, self.n_classes, ref)
 
     def _reference_model(self, net: Any) -> Vec:
         """The attacker's reference: a head trained without DP on public clips (the held-out

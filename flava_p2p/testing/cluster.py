@@ -32,14 +32,35 @@ NODE = [sys.executable, "-m", "flava_p2p.cli.node"]
 
 
 def prepare(
-    corpus: Path, root: Path, n: int, *, seed: int = 0, overrides: dict[str, Any] | None = None
+    corpus: Path,
+    root: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    reference_per_label: int = 0,
 ) -> list[Path]:
-    """Create n node homes under ``root`` (speaker-partitioned corpus); returns their paths."""
+    """Create n node homes under ``root`` (speaker-partitioned corpus); returns their paths.
+
+    With ``reference_per_label``, that many validation clips per label become every node's
+    public reference set (``data.reference``) and are left out of the evaluation clips."""
     scan = scan_corpus(corpus)
     train = [u for u in scan.utterances if u.split == "train"]
     test = [u for u in scan.utterances if u.split != "train"]
     parts = by_speaker([u.speaker for u in train], n_parts=n, seed=seed)
     shares = [[train[j] for j in idx] for idx in parts]
+    overrides = dict(overrides or {})
+    if reference_per_label > 0:
+        reference: list[Any] = []
+        for label in scan.labels:
+            reference += [u for u in test if u.split == "validation" and u.label == label][
+                :reference_per_label
+            ]
+        chosen = {id(u) for u in reference}
+        test = [u for u in test if id(u) not in chosen]
+        _link(reference, root.resolve() / "reference", labels=scan.labels)
+        data = {**overrides.get("data", {}), "reference": str(root.resolve() / "reference")}
+        overrides["data"] = data
     return prepare_homes(shares, test, root, labels=scan.labels, seed=seed, overrides=overrides)
 
 
