@@ -338,7 +338,7 @@ class TrainingConfig(_Strict):
     """torch intra-op threads used for training on this node."""
 
 
-Accountant = Literal["rdp", "prv"]
+Accountant = Literal["rdp", "prv", "pld"]
 
 
 class PrivacyConfig(_Strict):
@@ -353,6 +353,11 @@ class PrivacyConfig(_Strict):
     planned_steps: int = Field(default=2000, ge=1)
     """σ is chosen once so that ``planned_steps`` DP-SGD steps spend exactly the target ε."""
     accountant: Accountant = "rdp"
+    """How (ε, δ) is computed from the steps. ``rdp``: Rényi DP (fast, the loosest). ``pld``:
+    Google dp-accounting's privacy-loss distribution (pessimistic discretisation, so still an
+    upper bound), about 9% less ε for the same noise, i.e. less noise for the same promise; it
+    costs ~0.5 s per distinct step count and a few seconds to plan σ. ``prv``: Opacus' PRV
+    accountant (as tight as ``pld``, slower)."""
     sample_rate: float | None = Field(default=None, gt=0, le=1)
     """Poisson rate q: the chance each clip joins each step's batch. null: batch_size / the
     number of clips when training first starts (as Opacus derives it). Nodes whose data grows

@@ -65,13 +65,16 @@ class PrivacyLedger:
     ) -> PrivacyLedger:
         """Choose σ once: a clip sampled in ``cfg.planned_steps`` steps at ``sample_rate``
         spends exactly the target ε."""
-        sigma = get_noise_multiplier(
-            target_epsilon=cfg.target_epsilon,
-            target_delta=cfg.delta,
-            sample_rate=sample_rate,
-            steps=cfg.planned_steps,
-            accountant=cfg.accountant,
-        )
+        if cfg.accountant == "pld":
+            sigma = _plan_pld(cfg.target_epsilon, cfg.delta, sample_rate, cfg.planned_steps)
+        else:
+            sigma = get_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                target_delta=cfg.delta,
+                sample_rate=sample_rate,
+                steps=cfg.planned_steps,
+                accountant=cfg.accountant,
+            )
         return cls(
             cfg.accountant,
             cfg.delta,
@@ -240,6 +243,8 @@ def _epsilon(accountant: str, hist: tuple[tuple[float, float, int], ...], delta:
     (σ, q) is computed once and scaled: the same floats Opacus computes (it multiplies the
     one-step curve by ``steps`` too), minus the repeated work — accounting is otherwise the
     most expensive part of a short training burst."""
+    if accountant == "pld":
+        return sum_pld_epsilon(hist, delta)
     if accountant != "rdp":
         acc = create_accountant(accountant)
         acc.history = list(hist)
@@ -255,3 +260,50 @@ def _rdp_per_step(sigma: float, q: float) -> Any:
     return rdp_analysis.compute_rdp(
         q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
     )
+
+
+#: Value discretisation of the PLD accountant. Pessimistic discretisation keeps every ε an
+#: upper bound; 1e-3 matched 1e-4 to 4 decimals here at a tenth of the cost.
+PLD_DISCRETISATION = 1e-3
+
+
+@functools.lru_cache(maxsize=64)
+def _pld_step(sigma: float, q: float) -> Any:
+    """One Poisson-subsampled Gaussian step as a privacy-loss distribution (dp-accounting)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    return pld.from_gaussian_mechanism(
+        sigma,
+        sampling_prob=q,
+        value_discretization_interval=PLD_DISCRETISATION,
+        use_connect_dots=True,
+    )
+
+
+def sum_pld_epsilon(hist: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """ε(δ) of a history of (σ, q, steps) by composing privacy-loss distributions."""
+    total = None
+    for sigma, q, n in hist:
+        if n <= 0:
+            continue
+        part = _pld_step(float(sigma), float(q)).self_compose(int(n))
+        total = part if total is None else total.compose(part)
+    return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
+
+
+def _plan_pld(epsilon: float, delta: float, q: float, steps: int) -> float:
+    """The smallest σ (to 0.1%) whose ``steps`` steps at rate ``q`` stay within ``epsilon``,
+    by bisection from RDP's σ, which always suffices (PLD's ε is never larger)."""
+    high = float(get_noise_multiplier(
+        target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps, accountant="rdp"
+    ))  # fmt: skip
+    low = high / 2
+    if sum_pld_epsilon(((low, q, steps),), delta) <= epsilon:
+        return low
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        if sum_pld_epsilon(((mid, q, steps),), delta) <= epsilon:
+            high = mid
+        else:
+            low = mid
+    return high
