@@ -226,7 +226,7 @@ class PrivacyLedger:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerError(f"privacy ledger is malformed ({exc}).") from None
-        if led.accountant not in ("rdp", "prv"):
+        if led.accountant not in ("rdp", "prv", "pld"):
             raise LedgerError(f"privacy ledger names unknown accountant {led.accountant!r}.")
         if led.steps < 0 or any(a < 0 or a > led.steps for a in ages.values()):
             raise LedgerError("privacy ledger: a clip is older than the node's step count.")
@@ -291,6 +291,7 @@ def sum_pld_epsilon(hist: tuple[tuple[float, float, int], ...], delta: float) ->
     return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
 
 
+@functools.lru_cache(maxsize=256)
 def _plan_pld(epsilon: float, delta: float, q: float, steps: int) -> float:
     """The smallest σ (to 0.1%) whose ``steps`` steps at rate ``q`` stay within ``epsilon``,
     by bisection from RDP's σ, which always suffices (PLD's ε is never larger)."""

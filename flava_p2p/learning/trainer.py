@@ -143,7 +143,10 @@ class LocalTrainer:
             gen = torch.Generator().manual_seed(
                 noise_seed if noise_seed is not None else secrets.randbits(63)
             )
-            self._engine = PrivacyEngine(accountant=privacy.accountant)
+            # Opacus' own accountant is never consulted (the ledger is the source of truth and
+            # sets σ); it only needs a name Opacus knows.
+            opacus_acc = "rdp" if privacy.accountant == "pld" else privacy.accountant
+            self._engine = PrivacyEngine(accountant=opacus_acc)
             # Opacus derives q and the expected batch size from a loader; batches themselves
             # come from _poisson_batch, which samples exactly as Opacus' own Poisson sampler
             # does (one uniform draw per example, kept when below q).
