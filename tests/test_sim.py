@@ -402,3 +402,18 @@ class TestScenarioFiles:
         again = run_sweep(sweep, tmp_path / "out", jobs=1, resume=True)
         assert len(again) == 3 and (dirs[2] / "summary.json").is_file()
         assert {d: (d / "summary.json").stat().st_mtime_ns for d in dirs[:2]} == kept
+
+
+def test_node_level_epsilon_is_reported_with_message_noise(tmp_path: Path) -> None:
+    """With message noise on, every record and the summary carry the node-level ε (its own
+    unit), and it grows with the releases; without it, neither does (metrics unchanged)."""
+    noisy = small_scenario(privacy={"epsilon": 8.0, "message_noise_multiplier": 2.0})
+    out = run_scenario(noisy, tmp_path / "n", seed=1)
+    node = out["privacy"]["node_level"]
+    assert node["unit"].startswith("node") and node["noise_multiplier"] == 2.0
+    records = [json.loads(x) for x in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()]
+    series = [r["node_epsilon_max"] for r in records]
+    assert series == sorted(series) and series[-1] == node["epsilon_max"] > 0
+    plain = run_scenario(small_scenario(), tmp_path / "p", seed=1)
+    assert "node_level" not in plain["privacy"]
+    assert "node_epsilon_max" not in (tmp_path / "p" / "metrics.jsonl").read_text()

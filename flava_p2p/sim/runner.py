@@ -176,6 +176,19 @@ class RunLoop:
                 "target_epsilon": sc.privacy.epsilon,
                 "epsilon_max": last.get("epsilon_max"),
                 "delta": sc.privacy.delta if sc.privacy.epsilon is not None else None,
+                **(
+                    {
+                        "node_level": {
+                            "unit": "node (all of its data), from message noise",
+                            "noise_multiplier": sc.privacy.message_noise_multiplier,
+                            "clip": sc.privacy.message_clip,
+                            "epsilon_max": last.get("node_epsilon_max"),
+                            "delta": sc.privacy.delta,
+                        }
+                    }
+                    if sc.privacy.message_noise_multiplier is not None
+                    else {}
+                ),
             },
             "final": {
                 k: last.get(k)
@@ -501,6 +514,9 @@ class Simulation(RunLoop):
             "rounds": {i: net.nodes[i].round for i in up},
             "acc": self.learners.evaluate(models) if self.learners.n_classes else {},
             "eps": {i: e for i in honest if (e := self._epsilon(i)) is not None},
+            "node_eps": {
+                i: mn.epsilon() for i in honest if (mn := net.nodes[i].message_noise) is not None
+            },
             "rejections": rejections,
             "penalties": penalties,
             "graylisted": sum(
@@ -566,6 +582,7 @@ def combine_measures(
         return dict(sorted(out.items()))
 
     models, rounds, acc, eps = merged("models"), merged("rounds"), merged("acc"), merged("eps")
+    node_eps = list(merged("node_eps").values())
     sent = merged("bytes_sent")
     honest = [i for i in range(sc.nodes) if i not in byzantine]
     up = list(models)
@@ -592,6 +609,7 @@ def combine_measures(
         "consensus_distance": round(consensus, 6),
         "epsilon_max": max(eps_values) if eps_values else None,
         "epsilon_mean": float(np.mean(eps_values)) if eps_values else None,
+        **({"node_epsilon_max": max(node_eps)} if node_eps else {}),
         "bytes_sent": int(sum(sent.values())),
         "bytes_sent_honest_mean": float(np.mean([sent[i] for i in honest])),
         "delivered": sum(p["delivered"] for p in parts),
