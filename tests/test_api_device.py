@@ -368,3 +368,66 @@ def _read_some(stream: Any, n: int) -> list[str]:
         if len(out) >= n or time.monotonic() > deadline:
             break
     return out
+
+
+def test_cli_carries_the_token(
+    node: SimpleNamespace, voices: dict[str, list[bytes]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """With api.token in the home's node.yaml, the CLI verbs send it and the node answers;
+    the same request without it is refused (401)."""
+    import asyncio
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+    from typing import cast
+
+    from aiohttp import web
+
+    from flava_p2p.cli.node import main as node_main
+    from flava_p2p.config import NodeConfig
+    from flava_p2p.runtime.api import build_app
+
+    token = "a-long-enough-token-for-tests"
+    node.home = tmp_path / "home"
+    node.home.mkdir()
+    node.cfg = NodeConfig(api=ApiConfig(token=token))
+    (node.home / "node.yaml").write_text(f"api: {{token: {token}}}\n")
+    ready = threading.Event()
+    stop: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def run() -> None:
+            runner = web.AppRunner(build_app(cast(Any, node)))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            (node.home / "status.json").write_text(json.dumps({"api": url}))
+            stop["event"], stop["loop"] = asyncio.Event(), asyncio.get_running_loop()
+            ready.set()
+            await stop["event"].wait()
+            await runner.cleanup()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        clips = []
+        for i, data in enumerate(voices["alice"][:2]):
+            clips.append(tmp_path / f"a{i}.wav")
+            clips[-1].write_bytes(data)
+        home = ["--home", str(node.home)]
+        assert node_main(["enroll", "alice", str(clips[0]), *home, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["enrolled_clips"] == 1
+        assert (node.home / "speakers" / "alice.json").exists()
+        url = json.loads((node.home / "status.json").read_text())["api"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/v1/speakers", timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+    finally:
+        stop["loop"].call_soon_threadsafe(stop["event"].set)
+        thread.join(10)

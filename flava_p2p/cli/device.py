@@ -98,19 +98,27 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- talking to the node
-class _Api:
+class ApiError(FlavaError):
+    """The node refused a request; ``doc`` is its JSON answer (``error``, ``message``)."""
+
+    def __init__(self, doc: dict[str, Any], fallback: str) -> None:
+        super().__init__(str(doc.get("message", fallback)))
+        self.doc = doc
+
+
+class NodeApi:
     """The running node's API (base URL and token), or None when no node answers."""
 
     def __init__(self, base: str, token: str | None) -> None:
         self.base, self.token = base, token
 
     @staticmethod
-    def find(home: Path) -> _Api | None:
+    def find(home: Path) -> NodeApi | None:
         try:
             base = json.loads((home / "status.json").read_text())["api"]
         except (OSError, KeyError, ValueError):
             return None
-        api = _Api(base, _home_config(home).api.token)
+        api = NodeApi(base, _home_config(home).api.token)
         try:
             api.call("GET", "/v1/openapi.json")
         except FlavaError:
@@ -131,8 +139,13 @@ class _Api:
                 out: dict[str, Any] = json.loads(resp.read())
                 return out
         except urllib.error.HTTPError as exc:
-            err = json.loads(exc.read() or b"{}")
-            raise FlavaError(err.get("message", str(exc))) from None
+            try:
+                err = json.loads(exc.read() or b"{}")
+            except ValueError:
+                err = {}
+            finally:
+                exc.close()
+            raise ApiError(err if isinstance(err, dict) else {}, str(exc)) from None
         except (OSError, urllib.error.URLError) as exc:
             raise FlavaError(f"the node at {self.base} does not answer ({exc}).") from None
 
@@ -188,7 +201,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
     home = Path(args.home).expanduser()
     files = [Path(f) for f in args.files]
-    api = _Api.find(home)
+    api = NodeApi.find(home)
     try:
         if api is not None:
             body, ctype = _multipart(files, {})
@@ -212,7 +225,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files]
     if len(files) != (1 if args.speaker else 2):
         raise FlavaError("give one clip with --speaker NAME, or two clips to compare.")
-    api = _Api.find(home)
+    api = NodeApi.find(home)
     try:
         if api is not None:
             body, ctype = _multipart(files, {"speaker": args.speaker} if args.speaker else {})
@@ -276,7 +289,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from flava_p2p.speech.vad import UtteranceSplitter
 
     home = Path(args.home).expanduser()
-    api = _Api.find(home)
+    api = NodeApi.find(home)
     recognize: Any
     if api is not None:
         source = "node"

@@ -452,15 +452,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_recognize(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
+    from flava_p2p.cli.device import ApiError, NodeApi
+    from flava_p2p.errors import FlavaError
 
     home = Path(args.home).expanduser()
-    try:
-        url = json.loads((home / "status.json").read_text())["api"] + "/v1/recognize"
-        probe = url.replace("/v1/recognize", "/v1/openapi.json")
-        urllib.request.urlopen(probe, timeout=2).close()  # noqa: S310 (loopback URL)
-    except (OSError, KeyError, ValueError, urllib.error.URLError):
+    api = NodeApi.find(home)
+    if api is None:
         print(f"no running node at {home}: using its checkpoint", file=sys.stderr)
         args.model, args.top = str(home / "model.ckpt"), 3
         return _cmd_predict(args)
@@ -472,19 +469,18 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
             failures += 1
             print(f"error: {file}: cannot read ({exc.strerror or exc})", file=sys.stderr)
             continue
-        req = urllib.request.Request(  # noqa: S310 (the loopback URL the node wrote)
-            url, data=body, headers={"Content-Type": "audio/wav"}
-        )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback URL)
-                out = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
+            out = api.call("POST", "/v1/recognize", body, "audio/wav")
+        except ApiError as exc:
             failures += 1
-            err = json.loads(exc.read() or b"{}")
             if args.json:
-                print(json.dumps({"file": file, "error": err.get("error"), **err}))
+                print(json.dumps({"file": file, "error": exc.doc.get("error"), **exc.doc}))
             else:
-                print(f"error: {file}: {err.get('message', exc.reason)}", file=sys.stderr)
+                print(f"error: {file}: {exc}", file=sys.stderr)
+            continue
+        except FlavaError as exc:
+            failures += 1
+            print(f"error: {file}: {exc}", file=sys.stderr)
             continue
         if args.json:
             print(json.dumps({"file": file, **out}, ensure_ascii=False))
@@ -496,37 +492,24 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
-
+    from flava_p2p.cli.device import NodeApi
     from flava_p2p.errors import FlavaError
 
     home = Path(args.home).expanduser()
-    try:
-        base = json.loads((home / "status.json").read_text())["api"]
-    except (OSError, KeyError, ValueError) as exc:
+    api = NodeApi.find(home)
+    if api is None:
         raise FlavaError(
-            f"no running node found at {home} ({exc}); feedback needs the node that recognised "
+            f"no running node found at {home}; feedback needs the node that recognised "
             f"the clip: `flava-node run --home {home}`."
-        ) from None
+        )
     if args.clip_id is None:
-        req = urllib.request.Request(base + "/v1/feedback/stats")  # noqa: S310 (loopback)
+        out = api.call("GET", "/v1/feedback/stats")
     else:
         if args.label is None:
             raise FlavaError("give the clip's true label after its clip_id (or `none`).")
         label = None if args.label.lower() == "none" else args.label
         body = json.dumps({"clip_id": args.clip_id, "label": label}).encode()
-        req = urllib.request.Request(  # noqa: S310 (loopback)
-            base + "/v1/feedback", data=body, headers={"Content-Type": "application/json"}
-        )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-            out = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        err = json.loads(exc.read() or b"{}")
-        raise FlavaError(err.get("message", str(exc))) from None
-    except (OSError, urllib.error.URLError) as exc:
-        raise FlavaError(f"the node at {base} does not answer ({exc}).") from None
+        out = api.call("POST", "/v1/feedback", body, "application/json")
     if args.json or args.clip_id is None:
         print(json.dumps(out, indent=1, ensure_ascii=False))
     else:
