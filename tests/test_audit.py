@@ -51,13 +51,13 @@ def test_simulation_report_carries_the_audit(tiny_corpus: Path, tmp_path: Path) 
         "learner": {"kind": "real", "threads": 1},
         "data": {"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
     }
-    audited = run_scenario(small_scenario(**common, audit={"holdout_fraction": 0.3}),
-                           tmp_path / "a", seed=1)  # fmt: skip
+    audit = {"holdout_fraction": 0.4, "canaries": 6}
+    audited = run_scenario(small_scenario(**common, audit=audit), tmp_path / "a", seed=1)
     plain = run_scenario(small_scenario(**common), tmp_path / "b", seed=1)
-    audit = audited["privacy_audit"]
-    assert audit["nodes"] == 3 and "example-level" in audit["unit"]
-    for attack in ("loss_threshold", "calibrated"):
-        fig = audit[attack]
+    report = audited["privacy_audit"]
+    assert report["nodes"] == 3 and "example-level" in report["unit"]
+    for attack in ("loss_threshold", "calibrated", "canaries"):
+        fig = report[attack]
         assert fig["members"] > 0 and fig["non_members"] > 0
         assert 0.0 <= fig["auc"] <= 1.0 and fig["epsilon_lower_bound"] >= 0.0
     assert "privacy_audit" not in plain

@@ -97,7 +97,8 @@ class RealLearners:
         self.test = test
         self.n_classes = len(fs.label_names)
         self._reference_set = _reference_set(sc, fs, seed)
-        parts, held = _node_parts(sc, train, self.n_classes, seed)
+        #: Per audited node: mislabelled canary clips, half trained on (by a seeded coin).
+        parts, held, self.canary_in, self.canary_out = _node_parts(sc, train, self.n_classes, seed)
         #: Per audited node: clips of its own set aside, never trained on (non-members).
         self.audit_out = {i: train.subset(h) for i, h in enumerate(held) if len(h)}
         self._public = test
@@ -122,9 +123,7 @@ class RealLearners:
         self.trainers: dict[int, LocalTrainer] = {}
         self._local: dict[int, FeatureSet] = {}
         for i in own:
-            local = train.subset(parts[i])
-            if i in flippers:
-                local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
+            local = self._node_set(train, parts[i], i, flip=i in flippers)
             self._local[i] = local
             if not self.per_node_trainers and i != own[0]:
                 continue  # the batched learner keeps its own state (node 0's trainer: schema)
@@ -148,6 +147,19 @@ class RealLearners:
         self._first = first  # scores any node's weights on a spare model copy
         self._eps: dict[int, float | None] = {}
         self._pool = WorkerPool(sc, seed, len(parts), workers) if workers > 1 else None
+
+    def _node_set(
+        self, train: FeatureSet, idx: npt.NDArray[np.int64], i: int, *, flip: bool
+    ) -> FeatureSet:
+        """Node ``i``'s training clips: its share, its inserted canaries, labels flipped for a
+        label-flipping attacker."""
+        import torch
+
+        extra = [self.canary_in[i]] if i in self.canary_in else []
+        local = FeatureSet.concat([train.subset(idx), *extra])
+        if flip:
+            local.labels = torch.as_tensor(flip_labels(local.labels.numpy(), self.n_classes))
+        return local
 
     def train(self, i: int, model: Vec) -> tuple[Vec, int, DpInfo]:
         """K DP-SGD steps of node ``i``'s own trainer, from the merged model."""
@@ -243,7 +255,20 @@ class RealLearners:
                 loss.append(-own)
                 cal.append(ref - own)
         cat = np.concatenate
+        can_in: list[npt.NDArray[np.float64]] = []
+        can_out: list[npt.NDArray[np.float64]] = []
+        for i in nodes:
+            for group, out in ((self.canary_in, can_in), (self.canary_out, can_out)):
+                if i in group and len(group[i]):
+                    c = group[i]
+                    out.append(-per_example_loss(net, models[i], c.features, c.labels))
+        canaries = (
+            attack_figures(cat(can_in), cat(can_out), delta).as_dict()
+            if can_in and can_out
+            else None
+        )
         return {
+            "canaries": canaries,
             "nodes": len(nodes),
             "unit": "example-level: one clip in or out of one node's training set",
             "loss_threshold": attack_figures(cat(loss_in), cat(loss_out), delta).as_dict(),
@@ -410,18 +435,57 @@ def _reference_set(sc: Scenario, fs: FeatureSet, seed: int) -> FeatureSet | None
     return fs.subset(sorted(pick)) if pick else None
 
 
+def _canaries(
+    sc: Scenario,
+    train: FeatureSet,
+    held: list[npt.NDArray[np.int64]],
+    n_classes: int,
+    seed: int,
+) -> tuple[dict[int, FeatureSet], dict[int, FeatureSet], list[npt.NDArray[np.int64]]]:
+    """``audit.canaries`` of each node's set-aside clips, given a wrong label (a clip the model
+    can only fit by memorising it), each trained on or not by a fair seeded coin. Returns the
+    inserted and withheld canaries per node and what is left of the set-aside clips."""
+    import torch
+
+    if sc.audit.canaries <= 0 or n_classes < 2:
+        return {}, {}, held
+    rng = np.random.default_rng([seed, 0xCA9A])
+    inside: dict[int, FeatureSet] = {}
+    outside: dict[int, FeatureSet] = {}
+    left = []
+    for i, h in enumerate(held):
+        pick = rng.permutation(h)[: min(sc.audit.canaries, len(h) // 2)]  # keep non-members
+        left.append(np.setdiff1d(h, pick))
+        if len(pick) < 2:
+            continue
+        fs = train.subset(np.sort(pick))
+        shift = rng.integers(1, n_classes, len(fs))
+        fs.labels = torch.as_tensor((fs.labels.numpy() + shift) % n_classes)
+        coin = rng.random(len(fs)) < 0.5
+        inside[i] = fs.subset(np.flatnonzero(coin))
+        outside[i] = fs.subset(np.flatnonzero(~coin))
+    return inside, outside, left
+
+
 def _node_parts(
     sc: Scenario, train: FeatureSet, n_classes: int, seed: int
-) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.int64]]]:
-    """Each node's training clips, and the clips set aside for the privacy audit (empty
-    unless ``audit.holdout_fraction`` > 0)."""
+) -> tuple[
+    list[npt.NDArray[np.int64]],
+    list[npt.NDArray[np.int64]],
+    dict[int, FeatureSet],
+    dict[int, FeatureSet],
+]:
+    """Each node's training clips, the clips set aside for the privacy audit (empty unless
+    ``audit.holdout_fraction`` > 0), and its inserted and withheld canaries."""
     labels = train.labels.numpy()
     parts = _partition(sc, train.speakers, labels, seed)
     if sc.data.label_fraction < 1:
         parts = _label_subsets(parts, labels, n_classes, sc, seed)
     if sc.audit.holdout_fraction <= 0:
-        return parts, [np.zeros(0, np.int64) for _ in parts]
-    return _audit_holdout(parts, sc.audit.holdout_fraction, seed)
+        return parts, [np.zeros(0, np.int64) for _ in parts], {}, {}
+    parts, held = _audit_holdout(parts, sc.audit.holdout_fraction, seed)
+    inside, outside, held = _canaries(sc, train, held, n_classes, seed)
+    return parts, held, inside, outside
 
 
 def _audit_holdout(

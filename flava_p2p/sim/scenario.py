@@ -286,6 +286,11 @@ class AuditSpec(_Strict):
     holdout_fraction: float = Field(default=0.0, ge=0.0, le=0.5)
     max_nodes: int = Field(default=64, ge=1)
     """Audit at most this many honest nodes (the first by index)."""
+    canaries: int = Field(default=0, ge=0, le=1000)
+    """Per node, this many of its set-aside clips (at most half of them) become *canaries*:
+    given a wrong label and trained on or not by a fair coin. Their losses give a
+    worst-case-leaning ε lower bound (a mislabelled clip can only be fitted by memorising
+    it). 0: none."""
 
 
 class NodeSettings(_Strict):
