@@ -181,6 +181,10 @@ class GossipConfig(_Strict):
     label-flipped models predict the reference clips worse than an untrained model, while an
     honest model that is merely behind is never worse than the genesis. Costs no privacy (no
     private clip is used). null: off."""
+    score_decay_per_s: float = Field(default=0.05, ge=0)
+    """How fast a peer's negative score recovers (points per second). Penalties are 1–10
+    points; a peer is graylisted at −20. Slower decay remembers misbehaviour across more
+    rounds (a peer met rarely still accumulates evidence); 0 never forgives."""
     train_min_peers: int = Field(default=0, ge=0, le=1024)
     """Train only while at least this many peers are in the view. A node whose clips cover
     only some of the task's labels should not spend its privacy budget before it can merge:

@@ -629,3 +629,13 @@ class TestReferenceScreen:
         core, _ = self._core(None)
         self._round(core, {b"noise": 5 * np.random.default_rng(1).normal(size=DIM)})
         assert set(core.last_inputs) == {b"noise"}
+
+
+def test_score_decay_is_the_nodes_setting() -> None:
+    """gossip.score_decay_per_s sets how fast a penalised peer is forgiven: 0 never."""
+    fast = lone_core(b"d", FAST)
+    never = lone_core(b"e", FAST.model_copy(update={"score_decay_per_s": 0.0}))
+    for core in (fast, never):
+        core.scores.penalize(b"p", "opposed", 0.0)
+    assert fast.scores.score(b"p", 100.0) == 0.0
+    assert never.scores.score(b"p", 100.0) == -1.0

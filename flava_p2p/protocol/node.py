@@ -212,7 +212,7 @@ class NodeCore:
         self.wire.rejections.listener = self._on_reject
         self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng)
         self.liveness = Liveness(dead_after=gossip.dead_after)
-        self.scores = scores or PeerScores()
+        self.scores = scores or PeerScores(decay_per_s=gossip.score_decay_per_s)
         self.advertised = list(advertised or [])
         self.bootstrap = list(bootstrap or [])
         # LAN discovery: (multicast group address, mean period). The beacon is a signed HELLO
