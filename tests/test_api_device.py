@@ -21,7 +21,7 @@ import pytest
 import torch
 from aiohttp import FormData
 from pydantic import ValidationError
-from test_api_recognize import Client, node, serve, wav_bytes
+from test_api_recognize import Client, node, running_api, serve, wav_bytes
 
 from flava_p2p.config import ApiConfig
 from flava_p2p.learning.personal import PersonalFit, fit_personal
@@ -376,45 +376,19 @@ def test_cli_carries_the_token(
 ) -> None:  # fmt: skip
     """With api.token in the home's node.yaml, the CLI verbs send it and the node answers;
     the same request without it is refused (401)."""
-    import asyncio
     import json
-    import threading
     import urllib.error
     import urllib.request
-    from typing import cast
-
-    from aiohttp import web
 
     from flava_p2p.cli.node import main as node_main
     from flava_p2p.config import NodeConfig
-    from flava_p2p.runtime.api import build_app
 
     token = "a-long-enough-token-for-tests"
     node.home = tmp_path / "home"
     node.home.mkdir()
     node.cfg = NodeConfig(api=ApiConfig(token=token))
     (node.home / "node.yaml").write_text(f"api: {{token: {token}}}\n")
-    ready = threading.Event()
-    stop: dict[str, Any] = {}
-
-    def serve() -> None:
-        async def run() -> None:
-            runner = web.AppRunner(build_app(cast(Any, node)))
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            (node.home / "status.json").write_text(json.dumps({"api": url}))
-            stop["event"], stop["loop"] = asyncio.Event(), asyncio.get_running_loop()
-            ready.set()
-            await stop["event"].wait()
-            await runner.cleanup()
-
-        asyncio.run(run())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
+    with running_api(node, node.home) as url:
         clips = []
         for i, data in enumerate(voices["alice"][:2]):
             clips.append(tmp_path / f"a{i}.wav")
@@ -423,11 +397,7 @@ def test_cli_carries_the_token(
         assert node_main(["enroll", "alice", str(clips[0]), *home, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["enrolled_clips"] == 1
         assert (node.home / "speakers" / "alice.json").exists()
-        url = json.loads((node.home / "status.json").read_text())["api"]
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "/v1/speakers", timeout=10)
         assert refused.value.code == 401
         refused.value.close()
-    finally:
-        stop["loop"].call_soon_threadsafe(stop["event"].set)
-        thread.join(10)

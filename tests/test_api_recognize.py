@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -84,6 +85,40 @@ def post(body: bytes | FormData) -> Call:
 
 def a_clip(tiny_corpus: Path, word: str = "yes") -> Path:
     return sorted((tiny_corpus / word).glob("*.wav"))[0]
+
+
+@contextmanager
+def running_api(node: SimpleNamespace, status_dir: Path) -> Iterator[str]:
+    """The node's API served from a thread on a real loopback port, its URL written to
+    ``status_dir/status.json`` as a running node does (so the CLI finds it)."""
+    import json
+    import threading
+
+    ready = threading.Event()
+    stop: dict[str, Any] = {}
+
+    def serve_forever() -> None:
+        async def run() -> None:
+            runner = web.AppRunner(build_app(cast(Any, node)))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            stop["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            (status_dir / "status.json").write_text(json.dumps({"api": stop["url"]}))
+            stop["event"], stop["loop"] = asyncio.Event(), asyncio.get_running_loop()
+            ready.set()
+            await stop["event"].wait()
+            await runner.cleanup()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield str(stop["url"])
+    finally:
+        stop["loop"].call_soon_threadsafe(stop["event"].set)
+        thread.join(10)
 
 
 class TestRecognize:
@@ -213,36 +248,11 @@ class TestRecognizeVerb:
         """`flava-node recognize` finds the node's API through status.json, as `status` does,
         and prints the live model's answer; a bad file is reported and fails the command."""
         import json
-        import threading
 
         from flava_p2p.cli.node import main as node_main
 
         node.cfg = NodeConfig()
-        ready = threading.Event()
-        stop: dict[str, Any] = {}
-
-        def serve_forever() -> None:
-            async def run() -> None:
-                runner = web.AppRunner(build_app(cast(Any, node)))
-                await runner.setup()
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = runner.addresses[0][1]
-                (tmp_path / "status.json").write_text(
-                    json.dumps({"api": f"http://127.0.0.1:{port}"})
-                )
-                stop["event"] = asyncio.Event()
-                stop["loop"] = asyncio.get_running_loop()
-                ready.set()
-                await stop["event"].wait()
-                await runner.cleanup()
-
-            asyncio.run(run())
-
-        thread = threading.Thread(target=serve_forever, daemon=True)
-        thread.start()
-        assert ready.wait(30)
-        try:
+        with running_api(node, tmp_path):
             clip = a_clip(tiny_corpus)
             junk = tmp_path / "junk.wav"
             junk.write_bytes(b"not audio")
@@ -256,9 +266,6 @@ class TestRecognizeVerb:
             stats = json.loads(capsys.readouterr().out)
             assert node_main(["feedback", lines[0]["clip_id"], "maybe", *home]) != 0
             refusal = capsys.readouterr().err
-        finally:
-            stop["loop"].call_soon_threadsafe(stop["event"].set)
-            thread.join(10)
         assert code == 1, out.err
         assert lines[0]["file"] == str(clip) and lines[0]["model_round"] == 7
         assert lines[0]["label"] in node.trainer.label_names

@@ -7,18 +7,19 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
+from test_api_recognize import node
 
 from flava_p2p.cli.node import main as node_main
-from flava_p2p.config import FeatureConfig, ModelConfig, PrivacyConfig, TrainingConfig
-from flava_p2p.learning.trainer import LocalTrainer
 from flava_p2p.speech.audio import read_audio, resample
-from flava_p2p.speech.dataset import load_features, scan_corpus
 from flava_p2p.speech.synth import Speaker, voice
 from flava_p2p.speech.vad import UtteranceSplitter, split_utterances
+
+__all__ = ["node"]  # the module-scoped trained head of test_api_recognize
 
 ALICE = Speaker("alice", "en", "f3", 80, 150)
 BOB = Speaker("bob", "en-us", "m3", 20, 150)
@@ -75,18 +76,10 @@ class TestVad:
 
 
 @pytest.fixture(scope="module")
-def home_with_checkpoint(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def home_with_checkpoint(node: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node home holding only the checkpoint of the head trained on the tiny corpus."""
     home = tmp_path_factory.mktemp("listen_home")
-    fs = load_features(scan_corpus(tiny_corpus), FeatureConfig())
-    trainer = LocalTrainer(
-        fs.split("train"),
-        model_cfg=ModelConfig(),
-        feature_cfg=FeatureConfig(),
-        training=TrainingConfig(batch_size=16, lr=0.5),
-        privacy=PrivacyConfig(enabled=False),
-    )
-    trainer.train(60)
-    trainer.save(home / "model.ckpt")
+    node.trainer.save(home / "model.ckpt")
     return home
 
 

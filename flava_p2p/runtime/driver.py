@@ -115,26 +115,26 @@ class NodeRunner:
         fs = self.clips.feature_set(None)
         evaluation = fs.split("validation") if len(fs.split("validation")) else None
         if cfg.data.eval_root is not None:
-            ev_scan = scan_corpus(resolve(self.home, cfg.data.eval_root), labels=labels)
-            ev = load_features(ev_scan, cfg.features, cache_dir=cache, threads=threads)
-            if ev.label_names != self.clips.labels:
-                raise FlavaError(
-                    f"data.eval_root labels {ev.label_names} differ from the training labels "
-                    f"{self.clips.labels}; both folders need the same label sub-folders (or "
-                    f"use a task card, which fixes the labels)."
-                )
-            evaluation = ev
+            evaluation = self._other_folder(cfg.data.eval_root, "data.eval_root", cache)
         self.reference_set: FeatureSet | None = None
         if cfg.data.reference is not None:
-            ref_scan = scan_corpus(resolve(self.home, cfg.data.reference), labels=labels)
-            ref = load_features(ref_scan, cfg.features, cache_dir=cache, threads=threads)
-            if ref.label_names != self.clips.labels:
-                raise FlavaError(
-                    f"data.reference labels {ref.label_names} differ from the training labels "
-                    f"{self.clips.labels}; the reference clips need the same label folders."
-                )
-            self.reference_set = ref
+            self.reference_set = self._other_folder(cfg.data.reference, "data.reference", cache)
         return self._train_view(), evaluation
+
+    def _other_folder(self, folder: Path, key: str, cache: Path) -> FeatureSet:
+        """Features of a clip folder besides the node's own (held-out or reference clips),
+        which must carry the training labels."""
+        labels = self.task.labels if self.task else None
+        scan = scan_corpus(resolve(self.home, folder), labels=labels)
+        fs = load_features(scan, self.cfg.features, cache_dir=cache,
+                           threads=self.cfg.training.threads)  # fmt: skip
+        if fs.label_names != self.clips.labels:
+            raise FlavaError(
+                f"{key} labels {fs.label_names} differ from the training labels "
+                f"{self.clips.labels}; both folders need the same label sub-folders (or "
+                f"use a task card, which fixes the labels)."
+            )
+        return fs
 
     def _train_view(self) -> FeatureSet:
         train = self.clips.feature_set("train")
