@@ -185,6 +185,20 @@ class GossipConfig(_Strict):
     """How fast a peer's negative score recovers (points per second). Penalties are 1–10
     points; a peer is graylisted at −20. Slower decay remembers misbehaviour across more
     rounds (a peer met rarely still accumulates evidence); 0 never forgives."""
+    reputation_min_refused: int | None = Field(default=3, ge=1, le=1000)
+    """Reputation memory: a peer is graylisted once this many of its models were refused by
+    the screens as no honest model would be (norm bound, opposed, one-sided, worse than
+    untrained on the reference clips) *and* they are at least ``reputation_refused_fraction``
+    of its judged models. The evidence is kept across rounds (``reputation_half_life_s``),
+    so an attacker that attacks only some rounds, or whose verdicts alternate, is still
+    caught after a bounded number of encounters; each repeat offence doubles the graylist
+    time. null: off (only the decaying score graylists)."""
+    reputation_refused_fraction: float = Field(default=0.3, gt=0, le=1)
+    """See ``reputation_min_refused``: the share of a peer's judged models that must have been
+    refused. Honest peers with other speakers' data are refused rarely (the false-positive
+    rate is reported by every simulation); an attacker active one round in three is caught."""
+    reputation_half_life_s: float = Field(default=3600.0, gt=0)
+    """How long reputation evidence counts: after this long, an old verdict weighs half."""
     train_min_peers: int = Field(default=0, ge=0, le=1024)
     """Train only while at least this many peers are in the view. A node whose clips cover
     only some of the task's labels should not spend its privacy budget before it can merge:

@@ -86,7 +86,7 @@ class TestSpecs:
 
     def test_unknown_parameter_lists_the_allowed_ones(self) -> None:
         """A bad parameter names the allowed ones."""
-        with pytest.raises(AttackError, match="allowed: f, mixed, z"):
+        with pytest.raises(AttackError, match="allowed: every, f, mixed, z"):
             parse_attack("alie:q=1")
 
 
@@ -132,3 +132,21 @@ class TestNetworkAttacks:
         sent = s["attack_datagrams_sent"]["replay"]
         assert sent > 50
         assert s["final"]["rejections"].get("replay", 0) >= 0.8 * sent
+
+
+def test_intermittent_attacker_is_honest_between_attacks() -> None:
+    """``every=K``: the attack replaces what is sent one round in K; otherwise the model goes
+    out unchanged."""
+    from flava_p2p.attacks import make_attack_hook
+
+    from types import SimpleNamespace
+
+    core = SimpleNamespace(genesis=np.zeros(4, np.float32), last_inputs={}, view=[], round=0)
+    own = np.ones(4, np.float32)
+    hook = make_attack_hook(parse_attack("sign_flip:every=3"), np.random.default_rng(0))
+    sent = []
+    for r in range(6):
+        core.round = r
+        sent.append(hook(core, b"p", own))  # type: ignore[arg-type]
+    flipped = [r for r, m in enumerate(sent) if m is not None and m[0] < 0]
+    assert flipped == [0, 3]

@@ -11,6 +11,7 @@ from flava_p2p.config import GossipConfig
 from flava_p2p.identity import Identity
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.node import Graylisted, NodeCore, PeerJoined, SchemaMismatch
+from flava_p2p.protocol.scores import PeerScores, ReputationRule
 from flava_p2p.protocol.screens import one_sidedness
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.sim.virtual_network import LinkModel, VirtualNetwork
@@ -639,3 +640,70 @@ def test_score_decay_is_the_nodes_setting() -> None:
         core.scores.penalize(b"p", "opposed", 0.0)
     assert fast.scores.score(b"p", 100.0) == 0.0
     assert never.scores.score(b"p", 100.0) == -1.0
+
+
+class TestReputation:
+    """The reputation remembers screening verdicts across rounds (gossip.reputation_*)."""
+
+    RULE = ReputationRule(min_refused=3, refused_fraction=0.3, half_life_s=3600.0)
+
+    def _encounters(
+        self, scores: PeerScores, peer: bytes, refused_every: int, n: int, gap_s: float = 60.0
+    ) -> int | None:
+        """Feed ``n`` judged models, one in ``refused_every`` refused (charged like a screen
+        refusal), ``gap_s`` apart; the encounter that graylisted the peer (1-based), or None."""
+        for k in range(1, n + 1):
+            now = k * gap_s
+            refused = k % refused_every == 0
+            if refused:
+                scores.penalize(peer, "reference", now)
+            if scores.observe(peer, refused, now) or scores.is_graylisted(peer, now):
+                return k
+        return None
+
+    def test_intermittent_attacker_is_caught_after_bounded_encounters(self) -> None:
+        """Attacking one encounter in three, met once a minute: the decaying score forgives
+        every penalty before the next, so only the memory catches it, by its 9th encounter."""
+        with_memory = PeerScores(reputation=self.RULE)
+        assert self._encounters(with_memory, b"a", refused_every=3, n=100) == 9
+        assert with_memory.evidence(b"a") is not None
+        assert self._encounters(PeerScores(reputation=None), b"a", 3, 100) is None
+
+    def test_rarely_refused_honest_peer_is_never_graylisted(self) -> None:
+        scores = PeerScores(reputation=self.RULE)
+        assert self._encounters(scores, b"h", refused_every=10, n=500) is None
+        assert scores.graylist_terms() == {}
+
+    def test_repeat_offences_double_the_term(self) -> None:
+        scores = PeerScores(graylist_s=300.0, reputation=self.RULE)
+        for now in (0.0, 1.0, 2.0):
+            caught = scores.observe(b"a", True, now)
+        assert caught and scores.graylist_terms()[b"a"] == 302.0
+        assert scores.observe(b"a", True, 400.0)  # the evidence is remembered: caught at once
+        assert scores.graylist_terms()[b"a"] == 400.0 + 600.0
+
+    def test_evidence_survives_a_restart(self) -> None:
+        """Saved and restored, the reputation decides the next encounters the same way."""
+        live = PeerScores(reputation=self.RULE)
+        for k in range(5):
+            live.observe(b"a", k % 2 == 0, float(k))
+        live.observe(b"b", False, 5.0)
+        restored = PeerScores(reputation=self.RULE)
+        restored.load_state(live.to_state())
+        for k in range(5, 40):
+            refused = k % 3 == 0
+            assert live.observe(b"a", refused, float(k)) == restored.observe(b"a", refused, k)
+        assert live.to_state() == restored.to_state()
+
+    def test_node_graylists_a_model_poisoner_attacking_every_third_round(self) -> None:
+        """End to end in the core: noise on the reference set one round in three."""
+        reference = TestReferenceScreen()
+        core, target = reference._core(1.5)
+        rng = np.random.default_rng(4)
+        for r in range(30):
+            core._now = core._next_gossip
+            noisy = r % 3 == 0
+            sent = 5 * rng.normal(size=DIM) if noisy else 0.9 * target
+            reference._round(core, {b"every3": sent, b"honest": 0.85 * target})
+        assert core.counters.get("graylisted_by_reputation") == 1
+        assert core.scores.graylisted(core._now) == [b"every3"]

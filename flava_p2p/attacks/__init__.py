@@ -7,6 +7,8 @@ Data attacks (``label_flip``) change what the attacker trains on; network attack
 ``garbage``, ``flood``) change what it puts on the wire and are run by the driver.
 
 Spec strings: ``NAME`` or ``NAME:key=value,key=value`` (e.g. ``alie:z=1.5``, ``scaling:factor=10``).
+Every model attack also takes ``every=K``: attack one round in K and behave honestly in the
+others (an intermittent attacker, which a memoryless score forgives between attacks).
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def parse_attack(spec: str) -> AttackSpec:
         "flood": {"rate"},
         "garbage": {"rate"},
         "replay": {"rate"},
-    }.get(name, set())
+    }.get(name, {"every"} if name in MODEL_ATTACKS else set())
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or (key not in params and key not in extra_ok):
@@ -210,7 +212,11 @@ def make_attack_hook(
     can see: its view plus itself, minus the ``n_byzantine`` it is told about.
     """
 
+    every = max(1, int(spec.params.get("every", 1)))
+
     def hook(core: NodeCore, peer: bytes, model: Vec) -> Vec | None:
+        if core.round % every:  # an intermittent attacker: honest in the other rounds
+            return model
         ctx = AttackContext(
             own=model,
             genesis=core.genesis,

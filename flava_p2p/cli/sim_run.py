@@ -201,6 +201,15 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"{f['bytes_sent'] / 1e6:.1f} MB, {f['delivered']} delivered, {f['dropped']} dropped",
     )
     t.add_row("rejections", ", ".join(f"{k} {v}" for k, v in f["rejections"].items()) or "none")
+    if f.get("penalties"):
+        t.add_row("penalties", ", ".join(f"{k} {v}" for k, v in f["penalties"].items()))
+    g = f.get("graylist_pairs") or {}
+    if g.get("byzantine_ever") or g.get("honest_ever"):
+        t.add_row(
+            "graylisted",
+            f"{g['byzantine_ever']} (honest node, Byzantine peer) pairs, "
+            f"{g['honest_ever']} (honest, honest) pairs: false positives",
+        )
     t.add_row("time", f"{s['virtual_seconds']:.0f} virtual s in {s['wall_seconds']:.1f} wall s")
     Console().print(t)
     print(f"metrics: {out / 'metrics.jsonl'}\nsummary: {out / 'summary.json'}")

@@ -18,7 +18,7 @@ import hashlib
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,7 +36,7 @@ from flava_p2p.identity import (
     verify_key_from_peer_id,
 )
 from flava_p2p.protocol.liveness import Liveness, PeerState
-from flava_p2p.protocol.scores import PeerScores
+from flava_p2p.protocol.scores import PeerScores, ReputationRule
 from flava_p2p.protocol.screens import ModelScreens, cap_samples
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.wire.endpoint import Inbound, WireEndpoint
@@ -163,6 +163,41 @@ def genesis_hash(genesis: Vec) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(genesis, dtype="<f4").tobytes()).digest()
 
 
+#: Screen verdicts the reputation accumulates as evidence: the ones an honest model of the task
+#: does not earn (too large a change, pointing against ours, one-sided, worse than untrained on
+#: the reference clips). "misaligned" and "outlier" are left out: honest peers whose data
+#: differ a lot from ours (one speaker each) earn them now and then, and must not be graylisted.
+SCREEN_VERDICTS = frozenset({"norm_bound", "opposed", "one_sided", "reference"})
+
+
+def reputation_rule(gossip: GossipConfig) -> ReputationRule | None:
+    """The reputation memory configured in ``gossip`` (None when it is off)."""
+    if gossip.reputation_min_refused is None:
+        return None
+    return ReputationRule(
+        min_refused=float(gossip.reputation_min_refused),
+        refused_fraction=gossip.reputation_refused_fraction,
+        half_life_s=gossip.reputation_half_life_s,
+    )
+
+
+@dataclass
+class ScreenMemory:
+    """The screens' short-term memory (saved with :meth:`NodeCore.screen_state`)."""
+
+    distances: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+    """Recent neighbour distances: the clipping radius must come from many rounds, since one
+    round has only ~fanout inputs and a single attacker would dominate their median."""
+    cosines: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    """Recent received models' cosines with ours: their median tells the alignment screen
+    whether honest models agree yet (a window, so a minority of attackers cannot move it)."""
+    reference_losses: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    """Recent received models' losses on the public reference set."""
+    verdicts: set[bytes] = field(default_factory=set)
+    """Senders whose model earned a :data:`SCREEN_VERDICTS` penalty in the round being merged:
+    the reputation's evidence (see PeerScores.observe)."""
+
+
 class NodeCore:
     """The node's brain. Deterministic given its inputs and ``rng``."""
 
@@ -190,7 +225,6 @@ class NodeCore:
         # itself never touches data): what the reference screen judges models by.
         self.reference_loss = reference_loss
         self._genesis_reference: float | None = None
-        self._reference_losses: deque[float] = deque(maxlen=64)
         self.cfg = gossip
         self.rng = rng
         self.screens = ModelScreens.from_config(gossip)
@@ -212,7 +246,11 @@ class NodeCore:
         self.wire.rejections.listener = self._on_reject
         self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng)
         self.liveness = Liveness(dead_after=gossip.dead_after)
-        self.scores = scores or PeerScores(decay_per_s=gossip.score_decay_per_s)
+        self.scores = scores or PeerScores(
+            decay_per_s=gossip.score_decay_per_s, reputation=reputation_rule(gossip)
+        )
+        self.memory = ScreenMemory()
+        """What the screens remember between rounds (windows, this round's verdicts)."""
         self.advertised = list(advertised or [])
         self.bootstrap = list(bootstrap or [])
         # LAN discovery: (multicast group address, mean period). The beacon is a signed HELLO
@@ -232,12 +270,6 @@ class NodeCore:
         self._pending_shuffle: dict[bytes, list[bytes]] = {}
         self._unanswered: dict[bytes, PeerDescriptor] = {}
         self._dead_until: dict[bytes, float] = {}
-        # Recent neighbour distances: the clipping radius must come from many rounds, since one
-        # round has only ~fanout inputs and a single attacker would dominate their median.
-        self._distances: deque[float] = deque(maxlen=32)
-        # Recent received models' cosines with ours: their median tells the alignment screen
-        # whether honest models agree yet (a window, so a minority of attackers cannot move it).
-        self._cosines: deque[float] = deque(maxlen=64)
         self._sends: list[Send] = []
         self._rx_addr: Addr | None = None
         self._introduced: dict[bytes, float] = {}
@@ -528,27 +560,13 @@ class NodeCore:
             p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
         }
         self._inbox.clear()
+        judged = sorted(fresh)
         if fresh:
             fresh = self._screen(fresh, now)
         self.last_inputs = {p: r.model for p, r in fresh.items()}
         if fresh:
-            peers = sorted(fresh)
-            models = np.stack([fresh[p].model for p in peers])
-            ages = [max(0, self.round - fresh[p].round) for p in peers]
-            weights = staleness_weights(
-                self._capped_samples([fresh[p].samples for p in peers]),
-                ages,
-                self.cfg.staleness_half_life,
-            )
-            dist = np.linalg.norm(models - self.model, axis=1)
-            self._flag_outliers(peers, dist, now)
-            self._distances.extend(float(d) for d in dist)
-            params = AggParams(
-                clip_tau=float(np.median(self._distances)),
-                self_weight=float(max(self.sample_count, 1)),
-                byzantine=max(1, len(peers) // 4),
-            )
-            self.model = aggregate(self.cfg.aggregation, self.model, models, weights, params)
+            self._merge(fresh, now)
+        self._remember_verdicts(judged, now)
         self.round += 1
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))
         if len(self.view) >= self.cfg.train_min_peers:
@@ -556,10 +574,40 @@ class NodeCore:
         else:  # no budget spent alone: see GossipConfig.train_min_peers
             self._count("train_waiting_for_peers")
 
+    def _merge(self, fresh: dict[bytes, _Received], now: float) -> None:
+        """Merge the screened models into ours (``gossip.aggregation``)."""
+        peers = sorted(fresh)
+        models = np.stack([fresh[p].model for p in peers])
+        ages = [max(0, self.round - fresh[p].round) for p in peers]
+        weights = staleness_weights(
+            self._capped_samples([fresh[p].samples for p in peers]),
+            ages,
+            self.cfg.staleness_half_life,
+        )
+        dist = np.linalg.norm(models - self.model, axis=1)
+        self._flag_outliers(peers, dist, now)
+        self.memory.distances.extend(float(d) for d in dist)
+        params = AggParams(
+            clip_tau=float(np.median(self.memory.distances)),
+            self_weight=float(max(self.sample_count, 1)),
+            byzantine=max(1, len(peers) // 4),
+        )
+        self.model = aggregate(self.cfg.aggregation, self.model, models, weights, params)
+
+    def _remember_verdicts(self, judged: list[bytes], now: float) -> None:
+        """Add this round's screening verdicts to each judged sender's reputation."""
+        for peer in judged:
+            if self.scores.observe(peer, peer in self.memory.verdicts, now):
+                self._count("graylisted_by_reputation")
+                self._events.append(Graylisted(peer.hex()))
+                if peer in self.view:
+                    self._drop_peer(peer, "graylisted")
+        self.memory.verdicts.clear()
+
     def _screen(self, fresh: dict[bytes, _Received], now: float) -> dict[bytes, _Received]:
         """Drop received models no honest peer of this task would send (``screens.py``),
         charging each refused sender."""
-        typical = float(np.median(self._cosines)) if len(self._cosines) >= 8 else None
+        typical = float(np.median(self.memory.cosines)) if len(self.memory.cosines) >= 8 else None
         result = self.screens.judge(
             self.model,
             self.genesis,
@@ -567,7 +615,7 @@ class NodeCore:
             {p: r.model for p, r in fresh.items()},
             typical_cosine=typical,
         )
-        self._cosines.extend(result.cosines[p] for p in sorted(result.cosines))
+        self.memory.cosines.extend(result.cosines[p] for p in sorted(result.cosines))
         if result.direction_from_own_training:
             self._count("direction_from_own_training")
         for peer, reason in result.refused:
@@ -589,7 +637,7 @@ class NodeCore:
             self._genesis_reference = score(self.genesis)
         losses = {p: score(rec.model) for p, rec in sorted(kept.items())}
         own = score(self.model)
-        window = self._reference_losses
+        window = self.memory.reference_losses
         typical = float(np.median(window)) if len(window) >= 8 else self._genesis_reference
         window.extend(losses.values())
         ceiling = ratio * max(own, typical)
@@ -610,9 +658,9 @@ class NodeCore:
         return {
             "own_progress": self._own_progress.astype("<f8").tobytes(),
             "size": int(self._own_progress.size),
-            "distances": list(self._distances),
-            "cosines": list(self._cosines),
-            "reference_losses": list(self._reference_losses),
+            "distances": list(self.memory.distances),
+            "cosines": list(self.memory.cosines),
+            "reference_losses": list(self.memory.reference_losses),
             "scores": self.scores.to_state(),
         }
 
@@ -629,12 +677,12 @@ class NodeCore:
             raise ValueError("saved screening state holds non-finite values")
         PeerScores().load_state(doc["scores"])  # validate before touching the live state
         self._own_progress = progress
-        self._distances.clear()
-        self._distances.extend(float(d) for d in doc["distances"])
-        self._cosines.clear()
-        self._cosines.extend(float(c) for c in doc["cosines"])
-        self._reference_losses.clear()
-        self._reference_losses.extend(float(x) for x in doc.get("reference_losses", []))
+        self.memory.distances.clear()
+        self.memory.distances.extend(float(d) for d in doc["distances"])
+        self.memory.cosines.clear()
+        self.memory.cosines.extend(float(c) for c in doc["cosines"])
+        self.memory.reference_losses.clear()
+        self.memory.reference_losses.extend(float(x) for x in doc.get("reference_losses", []))
         self.scores.load_state(doc["scores"])
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
@@ -646,9 +694,9 @@ class NodeCore:
 
     def _flag_outliers(self, peers: list[bytes], dist: npt.NDArray[np.float32], now: float) -> None:
         """Peers much farther from us than the typical recent neighbour lose score."""
-        if len(self._distances) < 4:
+        if len(self.memory.distances) < 4:
             return
-        med = float(np.median(self._distances))
+        med = float(np.median(self.memory.distances))
         for p, d in zip(peers, dist, strict=True):
             if med > 0 and d > 4 * med:
                 self._penalize(p, "outlier", now)
@@ -722,6 +770,8 @@ class NodeCore:
 
     def _penalize(self, peer: bytes, reason: str, now: float) -> None:
         self._count(f"penalty_{reason}")
+        if reason in SCREEN_VERDICTS:
+            self.memory.verdicts.add(peer)
         if self.scores.penalize(peer, reason, now):
             self._events.append(Graylisted(peer.hex()))
             if peer in self.view:

@@ -202,6 +202,7 @@ class RunLoop:
                     "dropped",
                     "rejections",
                     "penalties",
+                    "graylist_pairs",
                     "alive",
                 )
             },
@@ -519,12 +520,7 @@ class Simulation(RunLoop):
             },
             "rejections": rejections,
             "penalties": penalties,
-            "graylisted": sum(
-                1
-                for i in honest
-                for b in self.byzantine
-                if net.nodes[i].scores.is_graylisted(self.identities[b].peer_id, net.now)
-            ),
+            "graylisted": self._graylist_pairs(honest),
             "bytes_sent": {i: net.bytes_sent[i] for i in mine},
             "delivered": net.delivered,
             "dropped": net.dropped,
@@ -559,6 +555,18 @@ class Simulation(RunLoop):
         models = {i: self.net.nodes[i].model for i in up}
         result: dict[str, Any] = audit(models, self.sc.audit.max_nodes, self.sc.privacy.delta)
         return result
+
+    def _graylist_pairs(self, honest: list[int]) -> Counter[str]:
+        """(honest node, peer) pairs where the node graylists the peer now / ever, by whether
+        the peer is Byzantine (caught) or honest (a false positive)."""
+        byzantine = {self.identities[b].peer_id for b in self.byzantine}
+        out: Counter[str] = Counter(byzantine_now=0, byzantine_ever=0, honest_now=0, honest_ever=0)
+        for i in honest:
+            for peer, until in self.net.nodes[i].scores.graylist_terms().items():
+                kind = "byzantine" if peer in byzantine else "honest"
+                out[f"{kind}_now"] += until > self.net.now
+                out[f"{kind}_ever"] += 1
+        return out
 
     def _close(self) -> None:
         self.learners.close()
@@ -616,7 +624,8 @@ def combine_measures(
         "dropped": sum(p["dropped"] for p in parts),
         "rejections": total("rejections"),
         "penalties": total("penalties"),
-        "byzantine_graylist_pairs": sum(p["graylisted"] for p in parts),
+        # Pairs (honest node, peer) graylisted: Byzantine peers caught, honest ones wrongly.
+        "graylist_pairs": total("graylisted"),
         "events": total("events"),
     }
     if parts[0]["data"] is not None:
