@@ -137,9 +137,9 @@ class TestNetworkAttacks:
 def test_intermittent_attacker_is_honest_between_attacks() -> None:
     """``every=K``: the attack replaces what is sent one round in K; otherwise the model goes
     out unchanged."""
-    from flava_p2p.attacks import make_attack_hook
-
     from types import SimpleNamespace
+
+    from flava_p2p.attacks import make_attack_hook
 
     core = SimpleNamespace(genesis=np.zeros(4, np.float32), last_inputs={}, view=[], round=0)
     own = np.ones(4, np.float32)
