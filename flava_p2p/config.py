@@ -82,6 +82,11 @@ class NetworkConfig(_Strict):
     bootstrap: list[str] = Field(default_factory=list)
     """Multiaddrs (``/ip4/…/udp/…/p2p/<PeerID>``) of nodes to contact first."""
     network_key_file: Path | None = None
+    identity_work_bits: int = Field(default=0, ge=0, le=32)
+    """Identity work every peer must prove (``protocol/identity_work.py``): minting an
+    identity takes ~2^bits hashes (22 bits: ~2 s here), checking one takes one hash. A task
+    card's ``identity_work_bits`` sets it for everyone on the task. 0: no work (development
+    networks without a task card)."""
     """Optional file with a 32-byte pre-shared network key; outsiders are dropped before parsing."""
     mtu: int = Field(default=1200, ge=512, le=65000)
     """Maximum datagram payload in bytes; larger messages are chunked."""
@@ -199,6 +204,11 @@ class GossipConfig(_Strict):
     rate is reported by every simulation); an attacker active one round in three is caught."""
     reputation_half_life_s: float = Field(default=3600.0, gt=0)
     """How long reputation evidence counts: after this long, an old verdict weighs half."""
+    max_peers_per_host: int | None = Field(default=2, ge=1, le=1024)
+    """Sybil cap: at most this many peers of one host (IP address) in the view, and at most
+    one model per host in each merge, however many identities the host holds. Loopback is
+    exempt (a local test cluster). Devices behind one NAT share a public address and so share
+    these slots. null: no cap."""
     train_min_peers: int = Field(default=0, ge=0, le=1024)
     """Train only while at least this many peers are in the view. A node whose clips cover
     only some of the task's labels should not spend its privacy budget before it can merge:

@@ -53,6 +53,10 @@ class TaskCard(_Strict):
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     privacy: TaskPrivacy = TaskPrivacy()
+    identity_work_bits: int = Field(default=22, ge=0, le=32)
+    """Proof of work on every PeerID of the task's network (Sybil cost): ~2^bits hashes to mint
+    an identity (22 bits: ~2 s on one core here, once per identity; the nonce is kept in the
+    node's home), one hash to check it. Peers without it are ignored."""
 
     @field_validator("labels")
     @classmethod
@@ -127,6 +131,12 @@ def apply_task(cfg: NodeConfig, card: TaskCard) -> NodeConfig:
     (the accountant, message-level noise) stay the node's own.
     """
     privacy = cfg.privacy.model_copy(update=card.privacy.model_dump())
+    network = cfg.network.model_copy(update={"identity_work_bits": card.identity_work_bits})
     return cfg.model_copy(
-        update={"features": card.features, "model": card.model, "privacy": privacy}
+        update={
+            "features": card.features,
+            "model": card.model,
+            "privacy": privacy,
+            "network": network,
+        }
     )

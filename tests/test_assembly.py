@@ -14,7 +14,6 @@ from flava_p2p.protocol.node import NodeCore
 from flava_p2p.runtime.driver import read_network_key
 from flava_p2p.sim.runner import Simulation
 from flava_p2p.sim.scenario import Scenario
-from flava_p2p.sim.virtual_network import VirtualNetwork
 
 
 def fingerprint(core: NodeCore) -> dict[str, Any]:
@@ -63,7 +62,7 @@ class TestAssembly:
         # The real node: the same settings written as an operator's node.yaml.
         assert sim.network_key is not None
         (tmp_path / "net.key").write_bytes(sim.network_key)
-        boot_host, boot_port = VirtualNetwork.address(0)
+        boot_host, boot_port = sim.net.address(0)
         boot = make_multiaddr(boot_host, boot_port, sim.identities[0].peer_id)
         (tmp_path / "node.yaml").write_text(
             "network:\n"

@@ -58,7 +58,7 @@ def build(
             schema=SCHEMA,
             gossip=gossip,
             rng=random.Random(seed * 1000 + i),
-            bootstrap=[] if i == 0 else [VirtualNetwork.address(0)],
+            bootstrap=[] if i == 0 else [net.address(0)],
         )
         net.add(core)
     net.start()
@@ -113,7 +113,7 @@ class TestDiscovery:
                     schema_card=c,
                     gossip=FAST,
                     rng=random.Random(i),
-                    bootstrap=[] if i == 0 else [VirtualNetwork.address(0)],
+                    bootstrap=[] if i == 0 else [net.address(0)],
                 )
             )
         net.start()

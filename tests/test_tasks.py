@@ -151,7 +151,7 @@ class TestHandshakeRefusal:
                     schema_card=t.schema_card,
                     gossip=GossipConfig(period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3),
                     rng=random.Random(i),
-                    bootstrap=[] if i == 0 else [VirtualNetwork.address(0)],
+                    bootstrap=[] if i == 0 else [net.address(0)],
                 )
             )
         net.start()
@@ -397,7 +397,7 @@ class TestTrainMinPeers:
         a, b = net.nodes
         assert not any(isinstance(e, TrainRequest) for _, _, e in net.events)
         assert a.counters["train_waiting_for_peers"] >= 3
-        b.bootstrap = [VirtualNetwork.address(0)]  # b learns a's address: they meet
+        b.bootstrap = [net.address(0)]  # b learns a's address: they meet
         b._next_boot = 0.0
         net.run_until(12.0)
         assert len(a.view) == 1

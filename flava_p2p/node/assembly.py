@@ -22,6 +22,7 @@ from flava_p2p.config import GossipConfig, NetworkConfig, NodeConfig, PrivacyCon
 from flava_p2p.identity import Identity, parse_multiaddr
 from flava_p2p.learning.message_noise import MessageNoise
 from flava_p2p.protocol.node import Addr, NodeCore, Vec
+from flava_p2p.protocol.sybil import SybilGuard
 from flava_p2p.runtime.multicast import parse_group
 from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import DpInfo, PeerDescriptor
@@ -50,6 +51,8 @@ class CoreSpec:
     network_key: bytes | None = None
     rng_seed: str = ""
     """Seeds the core's own RNG (jitter, peer choice); the node's config seed and PeerID."""
+    own_work: bytes = b""
+    """Our identity-work nonce for ``network.identity_work_bits``."""
 
 
 @dataclass
@@ -74,6 +77,7 @@ def core_spec(
     advertised: list[str],
     network_key: bytes | None,
     rng_seed: str,
+    own_work: bytes = b"",
 ) -> CoreSpec:
     """A node's :class:`CoreSpec` from its ``node.yaml`` settings (real and simulated alike)."""
     return CoreSpec(
@@ -86,6 +90,7 @@ def core_spec(
         bootstrap=[parse_multiaddr(a)[:2] for a in cfg.network.bootstrap],
         network_key=network_key,
         rng_seed=rng_seed,
+        own_work=own_work,
     )
 
 
@@ -134,6 +139,9 @@ def assemble_core(
         noise_rng=noise_rng,
         beacon=(
             (parse_group(net.beacon_group), net.beacon_period_s) if net.multicast_beacons else None
+        ),
+        sybil=SybilGuard(
+            net.network_id, net.identity_work_bits, spec.own_work, spec.gossip.max_peers_per_host
         ),
     )
     if resume is not None:

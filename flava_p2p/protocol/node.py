@@ -38,6 +38,7 @@ from flava_p2p.identity import (
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.scores import PeerScores, ReputationRule
 from flava_p2p.protocol.screens import ModelScreens, cap_samples
+from flava_p2p.protocol.sybil import SybilGuard, host_key
 from flava_p2p.protocol.view import PeerSamplingView
 from flava_p2p.wire.endpoint import Inbound, WireEndpoint
 from flava_p2p.wire.messages import (
@@ -198,6 +199,17 @@ class ScreenMemory:
     the reputation's evidence (see PeerScores.observe)."""
 
 
+def _descriptor_host(desc: PeerDescriptor) -> str | None:
+    """The host a descriptor advertises (its first dialable address)."""
+    for text in desc.addrs:
+        try:
+            host, _, _ = parse_multiaddr(text)
+        except IdentityError:
+            continue
+        return host_key(host)
+    return None
+
+
 class NodeCore:
     """The node's brain. Deterministic given its inputs and ``rng``."""
 
@@ -219,8 +231,11 @@ class NodeCore:
         beacon: tuple[Addr, float] | None = None,
         schema_card: dict[str, str] | None = None,
         reference_loss: Callable[[Vec], float] | None = None,
+        sybil: SybilGuard | None = None,
     ) -> None:
         self.identity = identity
+        self.sybil = sybil or SybilGuard(network_id, max_per_host=gossip.max_peers_per_host)
+        """Identity-work checks and per-host caps (``protocol/sybil.py``)."""
         # Loss of a model on a public reference set, supplied by the learning side (the core
         # itself never touches data): what the reference screen judges models by.
         self.reference_loss = reference_loss
@@ -275,9 +290,8 @@ class NodeCore:
         self._introduced: dict[bytes, float] = {}
         self._announced: set[bytes] = set()  # peers reported by PeerJoined and not gone since
         self._events: list[Event] = []
-        self._now = 0.0
-        self._next_gossip = self._next_shuffle = self._next_ping = self._next_boot = 0.0
-        self._next_beacon = 0.0
+        self._now = self._next_gossip = self._next_shuffle = self._next_ping = 0.0
+        self._next_boot = self._next_beacon = 0.0
         self.started = False
 
     # ------------------------------------------------------------------ driver API
@@ -444,6 +458,8 @@ class NodeCore:
     # ------------------------------------------------------------------ handlers
     def _handle(self, inbound: Inbound, addr: Addr, now: float) -> None:
         sender, msg = inbound.sender, inbound.message
+        if not self._admitted(sender, msg):
+            return
         self.liveness.heard_from(sender, now)
         self._dead_until.pop(sender, None)  # direct contact: alive after all
         self._addr_of[sender] = addr
@@ -459,6 +475,7 @@ class NodeCore:
                     msg.box_key,
                     msg.box_key_sig,
                     msg.addrs or (make_multiaddr(*addr, sender),),
+                    work=msg.work,
                 )
             )
             if msg.want_reply and not isinstance(msg, HelloAck):
@@ -480,6 +497,19 @@ class NodeCore:
             self._send(sender, ShuffleReply(tuple(reply)))
         elif isinstance(msg, Delta):
             self._on_delta(sender, msg, inbound, now)
+
+    def _admitted(self, sender: bytes, msg: Message) -> bool:
+        """Identity work: a HELLO must carry a valid nonce; anything else is heard only from
+        peers admitted before (by HELLO or through a checked descriptor)."""
+        if isinstance(msg, Hello):
+            if self.sybil.admit(sender, msg.work):
+                return True
+            self._count("identity_work_missing")
+            return False
+        if self.sybil.proven(sender):
+            return True
+        self._count("unadmitted_sender")
+        return False
 
     def _on_delta(self, sender: bytes, msg: Delta, inbound: Inbound, now: float) -> None:
         if msg.schema_hash != self.schema or msg.genesis_hash != self.genesis_hash:
@@ -511,13 +541,22 @@ class NodeCore:
         if peer in self.view or keys is None or addr is None:
             return
         self._learn(
-            PeerDescriptor(peer, keys.box_key, keys.box_key_sig, (make_multiaddr(*addr, peer),))
+            PeerDescriptor(
+                peer,
+                keys.box_key,
+                keys.box_key_sig,
+                (make_multiaddr(*addr, peer),),
+                work=self.sybil.nonce_of(peer),
+            )
         )
 
     def _usable(self, sender: bytes, peers: tuple[PeerDescriptor, ...]) -> list[PeerDescriptor]:
         """Descriptors whose keys check out; a peer sending forged ones is penalised."""
         good = []
         for d in peers:
+            if d.peer_id != self.identity.peer_id and not self.sybil.admit(d.peer_id, d.work):
+                self._count("identity_work_missing")
+                continue
             try:
                 keys = PeerKeys(
                     d.peer_id, verify_key_from_peer_id(d.peer_id), d.box_key, d.box_key_sig
@@ -527,13 +566,35 @@ class NodeCore:
                 good.append(d)
             except IdentityError:
                 self._penalize(sender, "identity_mismatch", self._now)
-        return [
+        usable = [
             d
             for d in good
             if not self.scores.is_graylisted(d.peer_id, self._now)
             and self._dead_until.get(d.peer_id, -1.0) <= self._now  # no zombies via gossip
             and d.peer_id not in self._schema_refused  # another model: nothing to exchange
         ]
+        return self._host_capped(usable)
+
+    def _host_capped(self, descs: list[PeerDescriptor]) -> list[PeerDescriptor]:
+        """Descriptors of new peers whose host already fills its view slots are dropped
+        (``gossip.max_peers_per_host``); peers already in the view are always refreshed."""
+        fresh = [d for d in descs if d.peer_id not in self.view]
+        kept, cut = self.sybil.within_view_cap(
+            fresh, _descriptor_host, (self._host_of(p) for p in self.view.peers())
+        )
+        if cut:
+            self._count("host_cap_view", cut)
+        keep = {d.peer_id for d in kept}
+        return [d for d in descs if d.peer_id in self.view or d.peer_id in keep]
+
+    def _host_of(self, peer: bytes) -> str | None:
+        """The host a peer counts against: where its datagrams come from, else what its
+        descriptor advertises."""
+        addr = self._addr_of.get(peer)
+        if addr is not None:
+            return host_key(addr[0])
+        desc = self.view.descriptor(peer)
+        return _descriptor_host(desc) if desc is not None else None
 
     def _register_addrs(self, descs: list[PeerDescriptor]) -> None:
         for d in descs:
@@ -548,7 +609,7 @@ class NodeCore:
                 break
 
     def _learn(self, desc: PeerDescriptor) -> None:
-        if self.scores.is_graylisted(desc.peer_id, self._now):
+        if self.scores.is_graylisted(desc.peer_id, self._now) or not self._host_capped([desc]):
             return
         if self.view.add(desc) and desc.peer_id not in self._announced:
             self._announced.add(desc.peer_id)
@@ -560,6 +621,11 @@ class NodeCore:
             p: r for p, r in self._inbox.items() if r.round + self.cfg.max_staleness >= self.round
         }
         self._inbox.clear()
+        if len(fresh) > 1:
+            peers, cut = self.sybil.one_per_host(sorted(fresh), self._host_of, self.rng)
+            if cut:
+                self._count("host_cap_merge", cut)
+                fresh = {p: fresh[p] for p in peers}
         judged = sorted(fresh)
         if fresh:
             fresh = self._screen(fresh, now)
@@ -707,6 +773,7 @@ class NodeCore:
             self.identity.keys.box_key,
             self.identity.keys.box_key_sig,
             tuple(self.advertised),
+            work=self.sybil.own_work,
         )
         # A shuffle whose reply never came (lost datagram) must not cost us the peer: Cyclon
         # drops Q when shuffling with it, so without this a lossy link slowly empties views.
@@ -819,6 +886,7 @@ class NodeCore:
             want_reply and not ack,
             self.schema,
             self.schema_card,
+            self.sybil.own_work,
         )
 
     def _schema_conflict(self, sender: bytes, msg: Hello) -> bool:
@@ -835,8 +903,8 @@ class NodeCore:
             self._events.append(SchemaMismatch(sender, tuple(diff)))
         return True
 
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     def _jittered(self, period: float) -> float:
         return period * (1 + self.cfg.jitter * (2 * self.rng.random() - 1))

@@ -52,7 +52,14 @@ from flava_p2p.runtime.core_loop import AsyncioScheduler, CoreLoop
 from flava_p2p.runtime.kernel_filter import MAX_FILTERED, set_drop_filter
 from flava_p2p.runtime.logs import bind_node
 from flava_p2p.runtime.multicast import enable_multicast_send, open_beacon_socket, parse_group
-from flava_p2p.runtime.state import SEQ_BLOCK, STATE_FILE, NodeState, capture, resume_record
+from flava_p2p.runtime.state import (
+    SEQ_BLOCK,
+    STATE_FILE,
+    NodeState,
+    capture,
+    load_or_mint_work,
+    resume_record,
+)
 from flava_p2p.speech.clip_folder import ClipFolder, FolderChange
 from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.task import TaskCard, apply_task, load_task
@@ -90,6 +97,8 @@ class NodeRunner:
         )
         self._kernel_filtered: list[tuple[str, int]] = []
         self.task: TaskCard | None = None
+        self.own_work = b""
+        """Our identity-work nonce (``network.identity_work_bits``)."""
 
     # ------------------------------------------------------------------ setup
     def _load_identity(self) -> Identity:
@@ -203,6 +212,14 @@ class NodeRunner:
         )
         genesis_vec = np.concatenate([p.detach().numpy().reshape(-1) for p in genesis.parameters()])
 
+        # Before any socket opens: minting blocks (in a thread, so signals still work).
+        self.own_work = await asyncio.to_thread(
+            load_or_mint_work,
+            self.home,
+            self.identity.peer_id,
+            cfg.network.network_id,
+            cfg.network.identity_work_bits,
+        )
         state_path = self.home / STATE_FILE
         self.state = NodeState.load(state_path)
         first_seq = self.state.seq_reserved
@@ -309,6 +326,7 @@ class NodeRunner:
             advertised=self.addresses,
             network_key=network_key,
             rng_seed=f"{cfg.seed}:{self.identity.peer_id_str}",
+            own_work=self.own_work,
         )
         resume = resume_record(self.state, self.trainer.get_flat())
         # Message noise from OS entropy: never a seed a peer could learn.

@@ -131,3 +131,39 @@ def resume_record(state: NodeState, checkpoint_model: np.ndarray) -> Resume:
         message_releases=state.message_releases,
         screen=state.screen,
     )
+
+
+WORK_FILE = "identity_work.json"
+
+
+def load_or_mint_work(home: Path, peer_id: bytes, network_id: str, bits: int) -> bytes:
+    """Our identity-work nonce for ``network_id`` at ``bits``: the one saved in the node's
+    home if it still proves the work for this PeerID, else a new one (minted, then saved).
+
+    The file is checked, never trusted: a stale or edited nonce is simply minted again."""
+    import json
+
+    from flava_p2p.protocol.identity_work import has_work, mint_work
+
+    if bits <= 0:
+        return b""
+    path = home / WORK_FILE
+    try:
+        doc = json.loads(path.read_text())
+        nonce = bytes.fromhex(doc["nonce"])
+        if doc.get("network_id") == network_id and has_work(peer_id, network_id, nonce, bits):
+            return nonce
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing or unreadable: mint
+    import time
+
+    import structlog
+
+    log = structlog.get_logger(__name__)
+    log.info("minting identity work", bits=bits, expected_hashes=2**bits)
+    started = time.perf_counter()
+    nonce = mint_work(peer_id, network_id, bits)
+    log.info("identity work minted", bits=bits, seconds=round(time.perf_counter() - started, 2))
+    record = {"network_id": network_id, "bits": bits, "nonce": nonce.hex()}
+    write_atomic(path, json.dumps(record).encode())
+    return nonce

@@ -21,7 +21,7 @@ from flava_p2p.attacks import flip_labels
 from flava_p2p.config import ModelConfig
 from flava_p2p.errors import FlavaError
 from flava_p2p.sim.learners import label_flippers, node_privacy
-from flava_p2p.sim.scenario import Scenario
+from flava_p2p.sim.scenario import ByzantineSpec, Scenario
 from flava_p2p.sim.worker_pool import WorkerPool
 from flava_p2p.speech.dataset import FeatureSet
 from flava_p2p.task import load_task
@@ -406,6 +406,14 @@ def _partition(
     from flava_p2p.speech import partition
 
     n, data = sc.nodes, sc.data
+    byzantine = sc.byzantine_nodes()
+    if sc.byzantine.same_host and byzantine:
+        # Sybils: the honest nodes split the data as if alone; each Sybil copies one share.
+        honest = sc.model_copy(update={"nodes": n - len(byzantine)})
+        shares = _partition(honest.model_copy(update={"byzantine": ByzantineSpec()}), speakers,
+                            labels, seed)  # fmt: skip
+        out, sybils = iter(shares), set(byzantine)
+        return [shares[i % len(shares)] if i in sybils else next(out) for i in range(n)]
     if data.partition == "speaker":
         if data.clips_per_node is not None:
             return partition.fixed_size(speakers, n, data.clips_per_node, seed=seed)

@@ -38,6 +38,7 @@ from flava_p2p.node.assembly import (
     core_spec,
     snapshot,
 )
+from flava_p2p.protocol.identity_work import mint_work
 from flava_p2p.protocol.node import Event, NodeCore
 from flava_p2p.sim.fast_wire import UnsealedEndpoint
 from flava_p2p.sim.faults import FLOOD_BURST, RogueHost, forged_ping, garbage
@@ -66,6 +67,8 @@ class RunLoop:
     byzantine: set[int]
     horizon: float
     period: float
+    identity_work: dict[str, Any] | None = None
+    """Bits, identities and seconds spent minting identity work (None: no work asked)."""
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -215,6 +218,7 @@ class RunLoop:
             "wall_seconds": round(wall, 3),
             "rounds_per_wall_second": round(rounds_done / wall, 4) if wall > 0 else None,
             "faults_sent": dict(faults_sent),
+            **({"identity_work": self.identity_work} if self.identity_work else {}),
             "attack_datagrams_sent": dict(attack_sent),
         }
 
@@ -250,6 +254,7 @@ class Simulation(RunLoop):
             train_delay=sc.learner.train_seconds,
             batch_learner=self.learners.train_many,
             owned=owned,
+            shared_host=frozenset(self.byzantine if sc.byzantine.same_host else ()),
         )
         if hasattr(self.learners, "clock"):
             self.learners.clock = lambda: self.net.now  # clips arrive over virtual time
@@ -265,6 +270,7 @@ class Simulation(RunLoop):
             else None
         )
         self.gossip = self._gossip_config()
+        self.work = self._mint_work(n)
         self._descriptors: dict[int, PeerDescriptor] = {}
         for i in range(n):
             self.net.add(self._build_core(i, first_seq=0) if self.net.runs(i) else None)
@@ -297,7 +303,7 @@ class Simulation(RunLoop):
         return sc.gossip
 
     def _address(self, i: int) -> str:
-        host, port = VirtualNetwork.address(i)
+        host, port = self.net.address(i)
         return make_multiaddr(host, port, self.identities[i].peer_id)
 
     def _descriptor(self, i: int) -> PeerDescriptor:
@@ -307,16 +313,37 @@ class Simulation(RunLoop):
             return cached
         ident = self.identities[i]
         desc = PeerDescriptor(
-            ident.peer_id, ident.keys.box_key, ident.keys.box_key_sig, (self._address(i),)
+            ident.peer_id,
+            ident.keys.box_key,
+            ident.keys.box_key_sig,
+            (self._address(i),),
+            work=self.work[i],
         )
         self._descriptors[i] = desc
         return desc
+
+    def _mint_work(self, n: int) -> list[bytes]:
+        """Every node's identity-work nonce (``node.identity_work_bits``), minted for real and
+        timed: the cost a Sybil host pays per identity."""
+        bits = self.sc.node.identity_work_bits
+        if bits <= 0:
+            return [b""] * n
+        started = time.perf_counter()
+        work = [mint_work(ident.peer_id, NETWORK_ID, bits) for ident in self.identities]
+        seconds = time.perf_counter() - started
+        self.identity_work = {
+            "bits": bits,
+            "identities": n,
+            "seconds": round(seconds, 3),
+            "seconds_per_identity": round(seconds / n, 4),
+        }
+        return work
 
     def node_config(self, i: int) -> NodeConfig:
         """Node i's settings as the ``node.yaml`` a real node would run with."""
         sc = self.sc
         discovered = sc.topology.kind == "discovered"
-        host, port = VirtualNetwork.address(0)
+        host, port = self.net.address(0)
         boot = [make_multiaddr(host, port, self.identities[0].peer_id)]
         network = NetworkConfig(
             network_id=NETWORK_ID,
@@ -324,6 +351,7 @@ class Simulation(RunLoop):
             bootstrap=boot if discovered and i != 0 else [],
             multicast_beacons=sc.node.multicast_beacons,
             beacon_period_s=sc.node.beacon_period_s,
+            identity_work_bits=sc.node.identity_work_bits,
         )
         # gossip is taken as is: static graphs pin fanout/view above the node.yaml limits.
         return NodeConfig.model_construct(
@@ -350,6 +378,7 @@ class Simulation(RunLoop):
             advertised=[self._address(i)],
             network_key=self.network_key,
             rng_seed=f"{self.seed}:{i}",
+            own_work=self.work[i],
         )
 
     def _build_core(self, i: int, first_seq: int, resume: Resume | None = None) -> NodeCore:
@@ -440,7 +469,7 @@ class Simulation(RunLoop):
         if i not in self.net.down:
             core = self.net.nodes[i]
             targets = [a for p in core.view.peers() if (a := core.address_of(p)) is not None]
-            src = VirtualNetwork.address(i)
+            src = self.net.address(i)
             for addr, datagram in attacker.fire(targets):
                 self.net.send_from(i, src, addr, datagram)
                 self._attack_sent[self.attack.name if self.attack else "?"] += 1

@@ -251,6 +251,11 @@ class ByzantineSpec(_Strict):
     """Explicit indices; overrides both."""
     attack: str = "alie"
     """``none`` runs the same scenario without Byzantine nodes (the attack-free baseline)."""
+    same_host: bool = False
+    """Sybil identities: the Byzantine nodes are identities one host minted, all at one IP
+    address (distinct ports). They hold copies of honest nodes' data rather than a share of
+    their own, so the honest nodes' data is exactly what it is with the Byzantine nodes absent
+    (``nodes`` minus their count): compare with that run as the attack-free baseline."""
 
 
 FaultKind = Literal["forged", "replay", "malformed", "flood"]
@@ -305,6 +310,9 @@ class NodeSettings(_Strict):
     """Nodes announce themselves by signed HELLO beacons to a multicast group, which the
     virtual network delivers to every node, as a LAN does."""
     beacon_period_s: float = Field(default=5.0, gt=0)
+    identity_work_bits: int = Field(default=0, ge=0, le=28)
+    """``network.identity_work_bits``: every node (Sybils included) mints a nonce of this
+    many bits before the run (timed, in the summary), and peers without one are ignored."""
 
 
 class Scenario(_Strict):

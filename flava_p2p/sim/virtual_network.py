@@ -54,6 +54,10 @@ class LinkBehaviour(Protocol):
     ) -> list[float]: ...
 
 
+#: The one address of every node in ``VirtualNetwork.shared_host`` (one port each).
+SHARED_HOST = "10.1.0.1"
+
+
 @dataclass
 class LinkModel:
     """Per-datagram latency (uniform in [lo, hi] seconds) and independent loss."""
@@ -99,6 +103,8 @@ class VirtualNetwork:
 
     owned: set[int] | None = None
     """Nodes this network runs (None: all). Datagrams to others go to :attr:`remote`."""
+    shared_host: frozenset[int] = frozenset()
+    """Nodes that all live on one host, :data:`SHARED_HOST` (Sybil identities)."""
 
     def __post_init__(self) -> None:
         self._queue: list[tuple[float, int, int, int, int, object]] = []
@@ -120,13 +126,17 @@ class VirtualNetwork:
         self._results: dict[int, TrainResult] = {}
 
     # ------------------------------------------------------------------ addressing
-    @staticmethod
-    def address(i: int) -> Addr:
-        """The virtual address of node ``i``."""
+    def address(self, i: int) -> Addr:
+        """The virtual address of node ``i``: its own host, or a port on the shared host."""
+        if i in self.shared_host:
+            return (SHARED_HOST, 7000 + i)
         return (f"10.0.{i // 250}.{i % 250 + 1}", 7000)
 
     def index_of(self, addr: Addr) -> int:
         """Inverse of :meth:`address` (-1 for an address outside the network)."""
+        if addr[0] == SHARED_HOST:
+            i = addr[1] - 7000
+            return i if i in self.shared_host else -1
         parts = addr[0].split(".")
         if len(parts) != 4 or parts[:2] != ["10", "0"] or not all(p.isdigit() for p in parts):
             return -1

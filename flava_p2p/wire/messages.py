@@ -18,6 +18,8 @@ from flava_p2p.identity import PEER_ID_BYTES
 MAX_ADDRS = 4
 MAX_ADDR_LEN = 160
 MAX_PEERS_PER_MESSAGE = 32
+WORK_BYTES = 8
+"""An identity-work nonce (see ``protocol/identity_work.py``)."""
 
 
 class MessageError(ValueError):
@@ -98,21 +100,26 @@ class PeerDescriptor:
     addrs: tuple[str, ...]
     age: int = 0
     """Cyclon age: rounds since the descriptor was created by its owner."""
+    work: bytes = b""
+    """The peer's identity-work nonce (``protocol/identity_work.py``); empty when the network
+    asks for none. Sent as a sixth field only when present."""
 
     def to_wire(self) -> list[Any]:
-        return [self.peer_id, self.box_key, self.box_key_sig, list(self.addrs), self.age]
+        out = [self.peer_id, self.box_key, self.box_key_sig, list(self.addrs), self.age]
+        return [*out, self.work] if self.work else out
 
     @classmethod
     def from_wire(cls, obj: Any) -> PeerDescriptor:
-        f = _list(obj, "peer", 5)
-        if len(f) != 5:
-            raise MessageError("peer: expected 5 fields")
+        f = _list(obj, "peer", 6)
+        if len(f) not in (5, 6):
+            raise MessageError("peer: expected 5 or 6 fields")
         return cls(
             _bytes(f[0], "peer_id", PEER_ID_BYTES),
             _bytes(f[1], "box_key", 32),
             _bytes(f[2], "box_key_sig", 64),
             _addrs(f[3]),
             _int(f[4], "age", 0, 2**32 - 1),
+            _bytes(f[5], "work", max_len=WORK_BYTES) if len(f) == 6 else b"",
         )
 
 
@@ -162,9 +169,11 @@ class Hello:
     want_reply: bool = True
     schema_hash: bytes = b""
     schema: tuple[tuple[str, str], ...] = ()
+    work: bytes = b""
+    """The sender's identity-work nonce; sent as a seventh field only when present."""
 
     def to_wire(self) -> list[Any]:
-        return [
+        out = [
             self.box_key,
             self.box_key_sig,
             list(self.addrs),
@@ -172,13 +181,14 @@ class Hello:
             self.schema_hash,
             dict(self.schema),
         ]
+        return [*out, self.work] if self.work else out
 
     @classmethod
     def from_wire(cls, obj: Any) -> Hello:
-        f = _list(obj, "hello", 6)
-        if len(f) != 6 or not isinstance(f[3], bool):
+        f = _list(obj, "hello", 7)
+        if len(f) not in (6, 7) or not isinstance(f[3], bool):
             raise MessageError(
-                "hello: expected [box_key, sig, addrs, want_reply, schema_hash, schema]"
+                "hello: expected [box_key, sig, addrs, want_reply, schema_hash, schema, work?]"
             )
         digest = _bytes(f[4], "schema_hash", max_len=32)
         if len(digest) not in (0, 32):
@@ -190,6 +200,7 @@ class Hello:
             f[3],
             digest,
             _schema(f[5]),
+            _bytes(f[6], "work", max_len=WORK_BYTES) if len(f) == 7 else b"",
         )
 
 
@@ -203,7 +214,7 @@ class HelloAck(Hello):
     @classmethod
     def from_wire(cls, obj: Any) -> HelloAck:
         h = Hello.from_wire(obj)
-        return cls(h.box_key, h.box_key_sig, h.addrs, h.want_reply, h.schema_hash, h.schema)
+        return cls(h.box_key, h.box_key_sig, h.addrs, h.want_reply, h.schema_hash, h.schema, h.work)
 
 
 @dataclass(frozen=True)
