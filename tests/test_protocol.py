@@ -587,11 +587,19 @@ class TestReferenceScreen:
     """Models judged by what they do on public reference clips (a loss supplied by the
     learning side; here the distance to a target model stands in for it)."""
 
-    def _core(self, ratio: float | None) -> tuple[NodeCore, np.ndarray]:
+    def _core(
+        self, ratio: float | None, reputation: int | None = None
+    ) -> tuple[NodeCore, np.ndarray]:
         from flava_p2p.config import SCREENS_OFF
 
         target = np.random.default_rng(7).normal(size=DIM).astype(np.float32)
-        gossip = FAST.model_copy(update={**SCREENS_OFF, "max_reference_loss": ratio})
+        gossip = FAST.model_copy(
+            update={
+                **SCREENS_OFF,
+                "max_reference_loss": ratio,
+                "reputation_min_refused": reputation,
+            }
+        )
         core = lone_core(b"q", gossip)
         core.reference_loss = lambda w: float(np.linalg.norm(np.asarray(w) - target))
         core.start(0.0)
@@ -625,6 +633,17 @@ class TestReferenceScreen:
                                b"late": (0.1 + 0.02 * r) * target})  # fmt: skip
         graylisted = core.scores.graylisted(core._now)
         assert b"noise" in graylisted and b"late" not in graylisted
+
+    def test_anchor_follows_every_merge(self) -> None:
+        """The public anchor (supplied by the learning side) is applied to the merged model,
+        before it is announced and trained on."""
+        core, target = self._core(None)
+        self._round(core, {b"p": 0.9 * target})
+        merged = core.model.copy()
+        core.reference_anchor = lambda w: w + np.float32(1.0)
+        core._now = core._next_gossip
+        self._round(core, {})
+        np.testing.assert_allclose(core.model, merged + 1.0)
 
     def test_off_merges_everything(self) -> None:
         core, _ = self._core(None)
@@ -698,7 +717,7 @@ class TestReputation:
     def test_node_graylists_a_model_poisoner_attacking_every_third_round(self) -> None:
         """End to end in the core: noise on the reference set one round in three."""
         reference = TestReferenceScreen()
-        core, target = reference._core(1.5)
+        core, target = reference._core(1.5, reputation=3)
         rng = np.random.default_rng(4)
         for r in range(30):
             core._now = core._next_gossip

@@ -213,6 +213,10 @@ def _descriptor_host(desc: PeerDescriptor) -> str | None:
 class NodeCore:
     """The node's brain. Deterministic given its inputs and ``rng``."""
 
+    reference_anchor: Callable[[Vec], Vec] | None = None
+    """Public anchor: SGD steps on the public reference clips, applied after every merge
+    (``gossip.anchor_steps``); supplied by the learning side, like ``reference_loss``."""
+
     def __init__(
         self,
         identity: Identity,
@@ -632,6 +636,8 @@ class NodeCore:
         self.last_inputs = {p: r.model for p, r in fresh.items()}
         if fresh:
             self._merge(fresh, now)
+        if self.reference_anchor is not None:
+            self.model = self.reference_anchor(self.model)
         self._remember_verdicts(judged, now)
         self.round += 1
         self._events.append(ModelMerged(self.round, self.model.copy(), len(fresh)))

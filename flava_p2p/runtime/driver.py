@@ -334,11 +334,20 @@ class NodeRunner:
             spec, first_seq=first_seq, noise_rng=np.random.default_rng(), resume=resume
         )
         if self.reference_set is not None and len(self.reference_set):
-            from flava_p2p.learning.reference import reference_loss_fn
+            from flava_p2p.learning.reference import reference_anchor_fn, reference_loss_fn
 
+            n_labels, g = len(self.reference_set.label_names), self.cfg.gossip
             core.reference_loss = reference_loss_fn(
-                self.trainer.model_cfg, len(self.reference_set.label_names), self.reference_set
+                self.trainer.model_cfg, n_labels, self.reference_set
             )
+            if g.anchor_steps > 0:
+                core.reference_anchor = reference_anchor_fn(
+                    self.trainer.model_cfg,
+                    n_labels,
+                    self.reference_set,
+                    g.anchor_steps,
+                    g.anchor_lr,
+                )
         attach_attack(core, self.attack, np.random.default_rng())
         return core
 

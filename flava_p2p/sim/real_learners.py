@@ -285,6 +285,18 @@ class RealLearners:
 
         return reference_loss_fn(self._model_cfg, self.n_classes, ref)
 
+    def reference_anchor(self) -> Callable[[Vec], Vec] | None:
+        """The public anchor (``gossip.anchor_steps`` SGD steps on the reference set after
+        every merge); None without reference clips or with the anchor off."""
+        ref, g = self._reference_set, self._sc.gossip
+        if ref is None or g.anchor_steps == 0:
+            return None
+        from flava_p2p.learning.reference import reference_anchor_fn
+
+        return reference_anchor_fn(
+            self._model_cfg, self.n_classes, ref, g.anchor_steps, g.anchor_lr
+        )
+
     def _reference_model(self, net: Any) -> Vec:
         """The attacker's reference: a head trained without DP on public clips (the held-out
         test speakers, whom no node trains on), from the same genesis."""
@@ -429,7 +441,8 @@ def _partition(
 def _reference_set(sc: Scenario, fs: FeatureSet, seed: int) -> FeatureSet | None:
     """Up to 20 clips per label of the corpus' validation speakers (seeded draw), unless they
     are part of the evaluation (``data.eval_split: heldout``) or screening is off."""
-    if sc.gossip.max_reference_loss is None or sc.data.eval_split == "heldout":
+    unused = sc.gossip.max_reference_loss is None and sc.gossip.anchor_steps == 0
+    if unused or sc.data.eval_split == "heldout":
         return None
     val = [i for i, split in enumerate(fs.splits) if split == "validation"]
     if not val:

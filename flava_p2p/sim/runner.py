@@ -244,6 +244,8 @@ class Simulation(RunLoop):
         scorer = getattr(self.learners, "reference_scorer", None)
         #: The reference screen's loss on public clips (real learner with a validation split).
         self._reference_loss = scorer() if scorer is not None else None
+        anchor = getattr(self.learners, "reference_anchor", None)
+        self._reference_anchor = anchor() if anchor is not None else None
         self.links = SimLinks.build(sc.network, n, self.seed)
         self.net = VirtualNetwork(
             link=self.links,
@@ -391,6 +393,7 @@ class Simulation(RunLoop):
             endpoint=UnsealedEndpoint if self.sc.wire == "fast" else WireEndpoint,
         )
         core.reference_loss = self._reference_loss
+        core.reference_anchor = self._reference_anchor
         if i in self.byzantine:
             attach_attack(
                 core,
