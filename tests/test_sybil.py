@@ -77,6 +77,12 @@ class TestGuard:
 
 def _pair(b_work: bytes) -> tuple[NodeCore, NodeCore]:
     """Node a asks for 10 bits of identity work; node b bootstraps to a with ``b_work``."""
+    net = _network(b_work)
+    return net.nodes[0], net.nodes[1]
+
+
+def _network(b_work: bytes) -> VirtualNetwork:
+    """The two nodes of :func:`_pair`, after 5 s, on their network."""
     net = VirtualNetwork(link=LinkModel(), seed=0)
     gossip = GossipConfig(period_s=1.0, shuffle_period_s=0.5, ping_period_s=0.3)
     idents = [Identity.from_seed(bytes([4, i]) * 16) for i in range(2)]
@@ -96,7 +102,7 @@ def _pair(b_work: bytes) -> tuple[NodeCore, NodeCore]:
         )
     net.start()
     net.run_until(5.0)
-    return net.nodes[0], net.nodes[1]
+    return net
 
 
 class TestInTheCore:
@@ -143,3 +149,17 @@ def test_one_host_minting_three_times_the_honest_nodes_stays_one_voice() -> None
     caps = sum(sim.net.nodes[i].counters.get("host_cap_merge", 0) for i in sim.honest)
     views = sum(sim.net.nodes[i].counters.get("host_cap_view", 0) for i in sim.honest)
     assert caps + views > 0
+
+
+def test_a_forgotten_admission_is_renewed_by_asking_for_a_hello() -> None:
+    """After a restart the node has not kept which nonces it checked: a message from a peer it
+    no longer counts as admitted makes it ask for a HELLO, and the peer is admitted again."""
+    b_id = Identity.from_seed(bytes([4, 1]) * 16).peer_id
+    net = _network(mint_work(b_id, "t", 10))
+    a = net.nodes[0]
+    a.sybil = SybilGuard("t", work_bits=10, own_work=a.sybil.own_work)  # forgets b
+    assert not a.sybil.proven(b_id)
+    # Within one ping period (0.3 s), not only once b gives a up as dead and bootstraps again.
+    net.run_until(5.5)
+    assert a.counters.get("unadmitted_sender", 0) >= 1
+    assert a.sybil.proven(b_id) and b_id in a.view

@@ -512,7 +512,10 @@ class NodeCore:
             return False
         if self.sybil.proven(sender):
             return True
+        # A peer we never admitted, or forgot (a restart, or the bounded memory of checked
+        # nonces): ask for its HELLO, which carries the work (rate-limited per peer).
         self._count("unadmitted_sender")
+        self._introduce(sender)
         return False
 
     def _on_delta(self, sender: bytes, msg: Delta, inbound: Inbound, now: float) -> None:
