@@ -217,6 +217,11 @@ class GossipConfig(_Strict):
     one model per host in each merge, however many identities the host holds. Loopback is
     exempt (a local test cluster). Devices behind one NAT share a public address and so share
     these slots. null: no cap."""
+    trust_ramp_s: float = Field(default=0.0, ge=0)
+    """Trust that grows with age: a peer's weight in merges starts at 10% when this node first
+    hears from it and grows linearly to full over this many seconds, so identities minted a
+    moment ago (or re-minted after a graylisting) cannot pull at full strength. 0: off (the
+    default: at a network's start every peer is new, and mixing would slow for everyone)."""
     train_min_peers: int = Field(default=0, ge=0, le=1024)
     """Train only while at least this many peers are in the view. A node whose clips cover
     only some of the task's labels should not spend its privacy budget before it can merge:

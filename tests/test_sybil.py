@@ -163,3 +163,31 @@ def test_a_forgotten_admission_is_renewed_by_asking_for_a_hello() -> None:
     net.run_until(5.5)
     assert a.counters.get("unadmitted_sender", 0) >= 1
     assert a.sybil.proven(b_id) and b_id in a.view
+
+
+def test_trust_grows_with_age() -> None:
+    """gossip.trust_ramp_s: a peer first heard a moment ago weighs 10% in a merge, one known
+    for the whole ramp weighs fully; off (0) by default."""
+    import numpy as np
+
+    from flava_p2p.protocol.node import NodeCore
+
+    def core(ramp: float) -> NodeCore:
+        gossip = GossipConfig(trust_ramp_s=ramp)
+        return NodeCore(
+            Identity.from_seed(b"\x09" * 32),
+            network_id="t",
+            genesis=np.zeros(4, np.float32),
+            schema=b"s" * 32,
+            gossip=gossip,
+            rng=random.Random(0),
+        )
+
+    on = core(100.0)
+    on.memory.first_heard.update({b"old": 0.0, b"mid": 50.0, b"new": 100.0})
+    np.testing.assert_allclose(on._trust([b"old", b"mid", b"new"], 100.0), [1.0, 0.55, 0.1])
+    assert core(0.0)._trust([b"old", b"new"], 100.0).tolist() == [1.0, 1.0]
+    saved = on.screen_state()
+    again = core(100.0)
+    again.load_screen_state(saved)
+    assert again.memory.first_heard == on.memory.first_heard

@@ -194,6 +194,8 @@ class ScreenMemory:
     whether honest models agree yet (a window, so a minority of attackers cannot move it)."""
     reference_losses: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     """Recent received models' losses on the public reference set."""
+    first_heard: dict[bytes, float] = field(default_factory=dict)
+    """When each peer was first heard from (``gossip.trust_ramp_s``; kept only when on)."""
     verdicts: set[bytes] = field(default_factory=set)
     """Senders whose model earned a :data:`SCREEN_VERDICTS` penalty in the round being merged:
     the reputation's evidence (see PeerScores.observe)."""
@@ -464,6 +466,10 @@ class NodeCore:
         sender, msg = inbound.sender, inbound.message
         if not self._admitted(sender, msg):
             return
+        if self.cfg.trust_ramp_s > 0 and sender not in self.memory.first_heard:
+            self.memory.first_heard[sender] = now
+            if len(self.memory.first_heard) > 4096:  # bounded: the oldest acquaintance goes
+                self.memory.first_heard.pop(next(iter(self.memory.first_heard)))
         self.liveness.heard_from(sender, now)
         self._dead_until.pop(sender, None)  # direct contact: alive after all
         self._addr_of[sender] = addr
@@ -658,7 +664,7 @@ class NodeCore:
             self._capped_samples([fresh[p].samples for p in peers]),
             ages,
             self.cfg.staleness_half_life,
-        )
+        ) * self._trust(peers, now)
         dist = np.linalg.norm(models - self.model, axis=1)
         self._flag_outliers(peers, dist, now)
         self.memory.distances.extend(float(d) for d in dist)
@@ -668,6 +674,15 @@ class NodeCore:
             byzantine=max(1, len(peers) // 4),
         )
         self.model = aggregate(self.cfg.aggregation, self.model, models, weights, params)
+
+    def _trust(self, peers: list[bytes], now: float) -> npt.NDArray[np.float32]:
+        """Merge-weight factor per peer from how long we have known it (``trust_ramp_s``)."""
+        ramp = self.cfg.trust_ramp_s
+        if ramp <= 0:
+            return np.ones(len(peers), np.float32)
+        heard = self.memory.first_heard
+        ages = np.array([now - heard.get(p, now) for p in peers], dtype=np.float64)
+        return np.minimum(1.0, 0.1 + 0.9 * ages / ramp).astype(np.float32)
 
     def _remember_verdicts(self, judged: list[bytes], now: float) -> None:
         """Add this round's screening verdicts to each judged sender's reputation."""
@@ -736,6 +751,7 @@ class NodeCore:
             "distances": list(self.memory.distances),
             "cosines": list(self.memory.cosines),
             "reference_losses": list(self.memory.reference_losses),
+            "first_heard": [[p, t] for p, t in self.memory.first_heard.items()],
             "scores": self.scores.to_state(),
         }
 
@@ -751,6 +767,9 @@ class NodeCore:
         if not np.all(np.isfinite(progress)):
             raise ValueError("saved screening state holds non-finite values")
         PeerScores().load_state(doc["scores"])  # validate before touching the live state
+        first_heard = {p: float(t) for p, t in doc.get("first_heard", [])}
+        if not all(isinstance(p, bytes) for p in first_heard):
+            raise ValueError("saved screening state: a peer id is not a byte string")
         self._own_progress = progress
         self.memory.distances.clear()
         self.memory.distances.extend(float(d) for d in doc["distances"])
@@ -758,6 +777,7 @@ class NodeCore:
         self.memory.cosines.extend(float(c) for c in doc["cosines"])
         self.memory.reference_losses.clear()
         self.memory.reference_losses.extend(float(x) for x in doc.get("reference_losses", []))
+        self.memory.first_heard = first_heard
         self.scores.load_state(doc["scores"])
 
     def _capped_samples(self, claimed: list[int]) -> list[int]:
