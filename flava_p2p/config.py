@@ -186,14 +186,15 @@ class GossipConfig(_Strict):
     label-flipped models predict the reference clips worse than an untrained model, while an
     honest model that is merely behind is never worse than the genesis. Costs no privacy (no
     private clip is used). null: off."""
-    anchor_steps: int = Field(default=50, ge=0, le=1000)
+    anchor_steps: int = Field(default=10, ge=0, le=1000)
     """Public anchor: after every merge, this many full-batch SGD steps on the public
     reference clips (the same ones the reference screen scores on). They cost no privacy
     (public data, post-processing of the DP model) and keep pulling the model towards the
     right labels, which label flipping and coordinated (ALIE) shifts erode while staying
     within honest peers' spread on every screen. 0: off. Needs a reference set."""
-    anchor_lr: float = Field(default=0.5, gt=0, le=10)
-    """Learning rate of the anchor's steps."""
+    anchor_lr: float = Field(default=2.5, gt=0, le=10)
+    """Learning rate of the anchor's steps. 10 steps at 2.5 gave the same accuracies as 50 at
+    0.5 on FSDD (16 nodes: attack-free, label flip, mixed ALIE) for a fifth of the cost."""
     score_decay_per_s: float = Field(default=0.05, ge=0)
     """How fast a peer's negative score recovers (points per second). Penalties are 1–10
     points; a peer is graylisted at −20. Slower decay remembers misbehaviour across more

@@ -19,6 +19,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -203,7 +204,12 @@ class ScreenMemory:
 
 def _descriptor_host(desc: PeerDescriptor) -> str | None:
     """The host a descriptor advertises (its first dialable address)."""
-    for text in desc.addrs:
+    return _addrs_host(desc.addrs)
+
+
+@lru_cache(maxsize=65_536)
+def _addrs_host(addrs: tuple[str, ...]) -> str | None:
+    for text in addrs:
         try:
             host, _, _ = parse_multiaddr(text)
         except IdentityError:
@@ -592,6 +598,8 @@ class NodeCore:
         """Descriptors of new peers whose host already fills its view slots are dropped
         (``gossip.max_peers_per_host``); peers already in the view are always refreshed."""
         fresh = [d for d in descs if d.peer_id not in self.view]
+        if not fresh or self.sybil.max_per_host is None:
+            return descs
         kept, cut = self.sybil.within_view_cap(
             fresh, _descriptor_host, (self._host_of(p) for p in self.view.peers())
         )

@@ -20,6 +20,7 @@ import ipaddress
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import TypeVar
 
 from flava_p2p.protocol.identity_work import has_work
@@ -30,8 +31,10 @@ Addr = tuple[str, int]
 MAX_PROVEN = 65_536
 
 
+@lru_cache(maxsize=65_536)
 def host_key(host: str) -> str | None:
-    """The host an address counts against, or None when caps do not apply (loopback)."""
+    """The host an address counts against, or None when caps do not apply (loopback).
+    Cached: it is asked for every view peer whenever descriptors arrive."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
