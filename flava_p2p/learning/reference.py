@@ -79,22 +79,24 @@ def _softmax_regression_anchor(
 ) -> Callable[[Vec], Vec]:
     """The same SGD steps for the linear head, in closed form on the (fixed) pooled vectors:
     the gradient of the mean cross-entropy is ``(softmax − onehot)ᵀ·x / n``. ~50× faster than
-    autograd here, which matters when a simulation anchors a thousand nodes every round."""
-    n, dim = pooled.shape
-    onehot = np.eye(n_classes)[labels]
+    autograd here, which matters when a simulation anchors a thousand nodes every round.
+
+    In torch, not numpy: inside a simulation torch's OpenMP threads are busy training, and
+    numpy's own BLAS threads fighting them made these tiny products ~30× slower."""
+    import torch
+
+    x = torch.as_tensor(pooled, dtype=torch.float64)
+    n, dim = x.shape
+    target = torch.nn.functional.one_hot(torch.as_tensor(labels), n_classes).double() / n
 
     def anchor(weights: Vec) -> Vec:
-        flat = np.asarray(weights, dtype=np.float64)
-        w = flat[: n_classes * dim].reshape(n_classes, dim).copy()
-        b = flat[n_classes * dim :].copy()
+        flat = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        w = flat[: n_classes * dim].reshape(n_classes, dim).clone()
+        b = flat[n_classes * dim :].clone()
         for _ in range(steps):
-            z = pooled @ w.T + b
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            g = (p - onehot) / n
-            w -= lr * (g.T @ pooled)
-            b -= lr * g.sum(axis=0)
-        return np.concatenate([w.reshape(-1), b]).astype(np.float32)
+            g = torch.softmax(x @ w.T + b, dim=1) / n - target
+            w -= lr * (g.T @ x)
+            b -= lr * g.sum(dim=0)
+        return torch.cat([w.reshape(-1), b]).numpy().astype(np.float32)
 
     return anchor
