@@ -187,6 +187,13 @@ def _parse_multiaddr(text: str) -> tuple[str, int, bytes | None]:
         ) from None
     if len(protos) < 2 or protos[0] not in ("ip4", "ip6") or protos[1] != "udp":
         raise IdentityError(f"{text!r}: expected /ip4/HOST/udp/PORT[/p2p/PEERID] (UDP only).")
+    if protos[2:] not in ([], ["p2p"]):
+        # e.g. /udp/…/quic-v1: another protocol over UDP, which FLAVA's wire cannot dial;
+        # reading it as a FLAVA endpoint would send datagrams nobody there understands
+        raise IdentityError(
+            f"{text!r}: /{'/'.join(protos[2:])} after /udp is not FLAVA's UDP wire; "
+            "expected /ip4/HOST/udp/PORT[/p2p/PEERID] (TCP addresses are libp2p's)."
+        )
     host = ma.value_for_protocol(protos[0])
     port = int(ma.value_for_protocol("udp"))
     pid = peer_id_from_str(ma.value_for_protocol("p2p")) if "p2p" in protos else None

@@ -49,7 +49,8 @@ class TestPeerId:
             addr = make_multiaddr(host, 7946, ident.peer_id)
             assert parse_multiaddr(addr) == (host, 7946, ident.peer_id)
         assert parse_multiaddr("/ip4/10.0.0.1/udp/5") == ("10.0.0.1", 5, None)
-        for bad in ("/ip4/1.2.3.4/tcp/5", "hello", "/ip4/1.2.3.4/udp/5/p2p/xyz"):
+        quic = f"/ip4/1.2.3.4/udp/5/quic-v1/p2p/{ident.peer_id_str}"
+        for bad in ("/ip4/1.2.3.4/tcp/5", "hello", "/ip4/1.2.3.4/udp/5/p2p/xyz", quic):
             with pytest.raises(IdentityError):
                 parse_multiaddr(bad)
         with pytest.raises(IdentityError):
