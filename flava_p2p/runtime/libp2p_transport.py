@@ -1,0 +1,372 @@
+"""libp2p as a second carrier of FLAVA's sealed envelopes: TCP + Noise (only) + yamux.
+
+The envelopes are the very bytes the UDP wire sends: already signed, encrypted and bound to
+the network. libp2p adds what UDP cannot give a device behind NAT: an outbound connection that
+the peer can answer on, and Circuit Relay v2 for peers nobody can dial. Each envelope is one
+length-prefixed frame (u32 big-endian) on one long-lived ``/flava/wire/1.0.0`` stream per peer
+and direction; the node's core neither knows nor cares which carrier a datagram came by.
+
+Security: the host's key is the node's own Ed25519 identity (the PeerID is unchanged), the only
+security protocol offered is Noise (a peer offering only ``/plaintext/2.0.0`` fails the
+handshake), and with a network key the connection is wrapped in libp2p's private-network
+protector (pnet, a PSK derived from the network key), so a peer of another network fails
+before Noise even starts. Defences that live here because the kernel filter covers only UDP:
+graylisted PeerIDs are refused and disconnected, each peer gets a bounded number of inbound
+streams, a frame must arrive whole within ``io_timeout_s`` (a peer that stalls mid-frame is
+reset), frames above ``max_frame`` are refused, and a peer's outbound queue is bounded
+(when it is full, new frames are dropped and counted, as a congested UDP link would).
+
+Everything here runs in the trio thread of a :class:`~flava_p2p.runtime.trio_bridge.TrioThread`;
+the asyncio side only calls :meth:`Libp2pTransport.start`, :meth:`send`, :meth:`block` and
+:meth:`stop`, and receives frames through ``on_frame`` on its own loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.custom_types import TProtocol
+
+from flava_p2p.errors import FlavaError
+from flava_p2p.identity import Identity, peer_id_from_str, peer_id_to_str
+from flava_p2p.runtime.trio_bridge import TrioThread
+
+PROTOCOL = TProtocol("/flava/wire/1.0.0")
+HEADER = 4
+log = logging.getLogger("flava_p2p.libp2p")
+
+
+class Libp2pError(FlavaError):
+    """A libp2p address or setting the node cannot use."""
+
+
+@dataclass(frozen=True)
+class Libp2pLimits:
+    """Bounds that keep one slow, dead or hostile peer from costing more than its share."""
+
+    max_frame: int = 64 * 1024
+    """Largest envelope accepted (the UDP wire's are ~1.2 kB; fragments keep them small)."""
+    queue_frames: int = 256
+    """Frames waiting to go to one peer; beyond this new frames are dropped and counted."""
+    io_timeout_s: float = 10.0
+    """A frame must be written, or arrive whole once its header has, within this."""
+    dial_timeout_s: float = 10.0
+    """Connecting to a peer and opening the stream."""
+    max_inbound_streams_per_peer: int = 2
+
+
+@dataclass
+class LinkInfo:
+    """What ``status`` shows about a libp2p peer."""
+
+    peer_id: bytes
+    relayed: bool
+    remote: str
+
+
+def network_psk(network_key: bytes) -> str:
+    """The pnet pre-shared key (64 hex digits) for a network key: derived, never the key."""
+    return blake2b(network_key, digest_size=32, person=b"flava-pnet").hexdigest()
+
+
+def split_p2p_addr(text: str) -> tuple[multiaddr.Multiaddr, bytes]:
+    """``/ip4/…/tcp/…/p2p/<PeerID>`` or ``…/p2p-circuit/p2p/<PeerID>`` → (addr, PeerID)."""
+    try:
+        ma = multiaddr.Multiaddr(text)
+        protos = [p.name for p in ma.protocols()]
+    except Exception as exc:  # the multiaddr package raises many exception types
+        raise Libp2pError(f"{text!r} is not a multiaddr ({exc}).") from None
+    if not protos or protos[-1] != "p2p" or "tcp" not in protos:
+        raise Libp2pError(
+            f"{text!r}: a libp2p peer address must be /ip4/HOST/tcp/PORT/p2p/PEERID "
+            "(or a relay's address followed by /p2p-circuit/p2p/PEERID)."
+        )
+    pid = peer_id_from_str(text.rsplit("/p2p/", 1)[1])
+    return ma, pid
+
+
+class Libp2pTransport:
+    """One libp2p host carrying envelopes to and from peers addressed by PeerID."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        bridge: TrioThread,
+        on_frame: Callable[[bytes, bytes], None],
+        listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        network_key: bytes | None = None,
+        limits: Libp2pLimits | None = None,
+    ) -> None:
+        self.identity = identity
+        self.bridge = bridge
+        self._on_frame = on_frame
+        self.listen = [multiaddr.Multiaddr(a) for a in listen]
+        self.psk = network_psk(network_key) if network_key else None
+        self.limits = limits or Libp2pLimits()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.addrs: list[str] = []
+        # trio-thread state (only touched from the trio thread)
+        self._host: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()
+        self._stopping = trio.Event()
+        self._stopped = trio.Event()
+        self._outbound: dict[bytes, trio.MemorySendChannel[bytes]] = {}
+        self._inbound_streams: collections.Counter[bytes] = collections.Counter()
+        self._known_addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
+        self._blocked: frozenset[bytes] = frozenset()
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ asyncio side
+    async def start(self, timeout: float = 30.0) -> list[str]:
+        """Start the host; its listening multiaddrs (with ``/p2p/<PeerID>``)."""
+        self.bridge.spawn(self._serve)
+        await self.bridge.call(self._wait_started, timeout=timeout)
+        if self._failure is not None:
+            raise Libp2pError(f"the libp2p host did not start: {self._failure}")
+        return list(self.addrs)
+
+    def send(self, frame: bytes, peer_id: bytes, addrs: Sequence[str] = ()) -> None:
+        """Queue one envelope for ``peer_id`` (dialled at ``addrs`` if not connected)."""
+        parsed = []
+        for text in addrs:
+            with contextlib.suppress(Libp2pError):
+                parsed.append(split_p2p_addr(text)[0])
+        if not self.bridge.running:
+            self.counters["libp2p_send_dropped_stopped"] += 1
+            return
+        self.bridge._to_trio(lambda: self._enqueue(frame, peer_id, parsed))
+
+    def block(self, peer_ids: set[bytes]) -> None:
+        """Refuse (and disconnect) these PeerIDs: the graylist, applied on this carrier."""
+        blocked = frozenset(peer_ids)
+        if self.bridge.running:
+            self.bridge._to_trio(lambda: self._set_blocked(blocked))
+
+    async def links(self) -> list[LinkInfo]:
+        """Connected peers, with whether each connection goes through a relay."""
+        return await self.bridge.call(self._links, timeout=5.0)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Close every stream and connection and stop the host."""
+        if self.bridge.running:
+            with contextlib.suppress(Exception):
+                await self.bridge.call(self._stop, timeout=timeout)
+
+    # ------------------------------------------------------------------ trio side
+    async def _wait_started(self) -> None:
+        await self._started.wait()
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        await self._stopped.wait()
+
+    def _make_host(self) -> Any:
+        from libp2p import new_host
+        from libp2p.crypto.ed25519 import create_new_key_pair
+        from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+        from libp2p.security.noise.transport import Transport as Noise
+
+        key_pair = create_new_key_pair(bytes(self.identity.signing_key))
+        if (
+            str(key_pair.public_key.to_bytes().hex())
+            != bytes(self.identity.signing_key.verify_key).hex()
+        ):
+            raise Libp2pError("libp2p derived another public key from the node's seed.")
+        noise_only = {NOISE: Noise(key_pair, noise_privkey=new_x25519().private_key)}
+        return new_host(key_pair=key_pair, sec_opt=noise_only, psk=self.psk)
+
+    async def _serve(self) -> None:
+        quiet_libp2p_logs()
+        try:
+            self._host = self._make_host()
+            self._host.set_stream_handler(PROTOCOL, self._handle_inbound)
+            async with self._host.run(listen_addrs=self.listen), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                pid = peer_id_to_str(self.identity.peer_id)
+                self.addrs = [
+                    f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{pid}"
+                    for a in self._host.get_addrs()
+                ]
+                self._started.set()
+                await self._stopping.wait()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._started.set()
+            self._stopped.set()
+
+    def _set_blocked(self, blocked: frozenset[bytes]) -> None:
+        newly = blocked - self._blocked
+        self._blocked = blocked
+        for pid in newly:
+            chan = self._outbound.pop(pid, None)
+            if chan is not None:
+                chan.close()
+            if self._nursery is not None and self._host is not None:
+                self._nursery.start_soon(self._disconnect, pid)
+
+    async def _disconnect(self, pid: bytes) -> None:
+        from libp2p.peer.id import ID
+
+        with contextlib.suppress(Exception), trio.move_on_after(self.limits.io_timeout_s):
+            await self._host.disconnect(ID(pid))
+
+    def _enqueue(self, frame: bytes, pid: bytes, addrs: list[multiaddr.Multiaddr]) -> None:
+        if pid in self._blocked:
+            self.counters["libp2p_send_refused_graylisted"] += 1
+            return
+        if addrs:
+            self._known_addrs[pid] = addrs
+        chan = self._outbound.get(pid)
+        if chan is None:
+            if self._nursery is None:
+                self.counters["libp2p_send_dropped_stopped"] += 1
+                return
+            chan, receive = trio.open_memory_channel[bytes](self.limits.queue_frames)
+            self._outbound[pid] = chan
+            self._nursery.start_soon(self._writer, pid, receive)
+        try:
+            chan.send_nowait(frame)
+        except trio.WouldBlock:
+            self.counters["libp2p_send_dropped_backpressure"] += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.counters["libp2p_send_dropped_closed"] += 1
+
+    async def _writer(self, pid: bytes, frames: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Send one peer's queued frames on one stream; a broken stream is re-opened once per
+        frame (the receiver resets a stream it refuses), a failed dial ends the link."""
+        stream: Any = None
+        try:
+            async with frames:
+                async for frame in frames:
+                    for attempt in (0, 1):
+                        if stream is None:
+                            with trio.fail_after(self.limits.dial_timeout_s):
+                                stream = await self._open_stream(pid)
+                        try:
+                            with trio.fail_after(self.limits.io_timeout_s):
+                                await stream.write(len(frame).to_bytes(HEADER, "big") + frame)
+                        except trio.TooSlowError:
+                            raise
+                        except Exception:
+                            await _reset(stream)
+                            stream = None
+                            self.counters["libp2p_stream_reopened"] += 1
+                            if attempt:
+                                raise
+                            continue
+                        self.counters["libp2p_frames_sent"] += 1
+                        break
+        except trio.TooSlowError:
+            self.counters["libp2p_send_failed"] += 1
+            self.counters["libp2p_send_timeout"] += 1
+        except Exception as exc:  # one peer's failure ends its link, never the host
+            self.counters["libp2p_send_failed"] += 1
+            log.debug("libp2p send to %s failed: %r", peer_id_to_str(pid), exc)
+        finally:
+            chan = self._outbound.pop(pid, None)
+            if chan is not None:
+                chan.close()
+            if stream is not None:
+                await _reset(stream)
+
+    async def _open_stream(self, pid: bytes) -> Any:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        if not self._host.get_network().get_connections(ID(pid)):
+            await self._host.connect(PeerInfo(ID(pid), self._known_addrs.get(pid, [])))
+        return await self._host.new_stream(ID(pid), [PROTOCOL])
+
+    async def _handle_inbound(self, stream: Any) -> None:
+        pid = bytes(stream.muxed_conn.peer_id.to_bytes())
+        if pid in self._blocked:
+            self.counters["libp2p_refused_graylisted"] += 1
+            await _reset(stream)
+            return
+        if self._inbound_streams[pid] >= self.limits.max_inbound_streams_per_peer:
+            self.counters["libp2p_refused_stream_cap"] += 1
+            await _reset(stream)
+            return
+        self._inbound_streams[pid] += 1
+        try:
+            while pid not in self._blocked:
+                header = await _read_exactly(stream, HEADER)  # idle between frames is fine
+                if header is None:
+                    return
+                size = int.from_bytes(header, "big")
+                if size == 0 or size > self.limits.max_frame:
+                    self.counters["libp2p_refused_frame_size"] += 1
+                    return
+                with trio.move_on_after(self.limits.io_timeout_s) as timer:
+                    body = await _read_exactly(stream, size)
+                if timer.cancelled_caught:
+                    self.counters["libp2p_refused_stalled"] += 1
+                    return
+                if body is None:
+                    return
+                self.counters["libp2p_frames_received"] += 1
+                self.bridge.to_asyncio(self._on_frame, body, pid)
+        except Exception as exc:  # a broken stream ends this peer's stream only
+            self.counters["libp2p_stream_errors"] += 1
+            log.debug("libp2p stream from %s: %r", peer_id_to_str(pid), exc)
+        finally:
+            self._inbound_streams[pid] -= 1
+            if self._inbound_streams[pid] <= 0:
+                del self._inbound_streams[pid]
+            await _reset(stream)
+
+    async def _links(self) -> list[LinkInfo]:
+        out = []
+        network = self._host.get_network()
+        for peer in self._host.get_connected_peers():
+            for conn in network.get_connections(peer):
+                addrs = [str(a) for a in _transport_addrs(conn)]
+                relayed = any("/p2p-circuit" in a for a in addrs)
+                out.append(LinkInfo(bytes(peer.to_bytes()), relayed, addrs[0] if addrs else ""))
+        return out
+
+
+def quiet_libp2p_logs(level: int = logging.WARNING) -> None:
+    """py-libp2p logs every dial and handshake at INFO; keep its records at ``level`` and up.
+
+    Its records still reach the node's structlog handlers through the root logger.
+    """
+    lib = logging.getLogger("libp2p")
+    if lib.level == logging.NOTSET or lib.level < level:
+        lib.setLevel(level)
+
+
+async def _read_exactly(stream: Any, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+async def _reset(stream: Any) -> None:
+    with contextlib.suppress(Exception), trio.move_on_after(1.0):
+        await stream.reset()
+
+
+def _transport_addrs(conn: Any) -> list[Any]:
+    get = getattr(conn, "get_transport_addresses", None)
+    try:
+        return list(get() or []) if callable(get) else []
+    except Exception:
+        return []
