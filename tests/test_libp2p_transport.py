@@ -19,6 +19,8 @@ from flava_p2p.runtime.libp2p_transport import (
     PROTOCOL,
     Libp2pLimits,
     Libp2pTransport,
+    RelayService,
+    admission_tag,
     split_p2p_addr,
 )
 from flava_p2p.runtime.trio_bridge import TrioThread
@@ -111,11 +113,38 @@ def test_another_network_key_is_refused() -> None:
         other = await Node(b"o" * 32, network_key=b"x" * 32).start()
         try:
             other.transport.send(b"hello", a.identity.peer_id, a.addrs)
-            assert await _wait_for(lambda: other.transport.counters["libp2p_send_failed"] >= 1, 15)
+            assert await _wait_for(lambda: a.transport.counters["libp2p_refused_network"] >= 1)
+            await asyncio.sleep(0.3)
             assert a.frames == []
         finally:
             await a.stop()
             await other.stop()
+
+    _run(main)
+
+
+def test_a_node_without_a_listening_address_is_reached_through_a_relay() -> None:
+    """B has no address at all (as behind NAT); it reserves at R; A dials B through R."""
+
+    async def main() -> None:
+        r = await Node(b"r" * 32, relay=RelayService(max_reservations=4, max_circuits=4)).start()
+        b = await Node(b"b" * 32, listen=(), relays=r.addrs[:1]).start()
+        a = await Node(b"a" * 32).start()
+        try:
+            assert b.transport.counters["libp2p_reservations"] == 1
+            circuit = [x for x in b.addrs if "/p2p-circuit/" in x]
+            assert circuit == [f"{r.addrs[0]}/p2p-circuit/p2p/{peer_id_to_str(b.identity.peer_id)}"]
+            a.transport.send(b"through the relay", b.identity.peer_id, b.addrs)
+            assert await _wait_for(lambda: len(b.frames) == 1)
+            assert b.frames == [(b"through the relay", a.identity.peer_id)]
+            assert a.transport.counters["libp2p_relayed_dials"] == 1
+            b.transport.send(b"back", a.identity.peer_id)  # over the relayed connection
+            assert await _wait_for(lambda: len(a.frames) == 1)
+            links = {li.peer_id: li.relayed for li in await b.transport.links()}
+            assert links == {r.identity.peer_id: False, a.identity.peer_id: True}
+        finally:
+            for n in (a, b, r):
+                await n.stop()
 
     _run(main)
 
@@ -173,7 +202,8 @@ def test_stalled_oversized_and_graylisted_peers_cost_only_themselves() -> None:
                 ma, pid = split_p2p_addr(a.addrs[0])
                 await host.connect(PeerInfo(ID(pid), [ma]))
                 stream = await host.new_stream(ID(pid), [PROTOCOL])
-                await stream.write((100).to_bytes(4, "big") + b"x" * 10)
+                tag = admission_tag(NET, b.identity.peer_id, pid)  # a member, then it stalls
+                await stream.write(tag + (100).to_bytes(4, "big") + b"x" * 10)
 
             await b.bridge.call(stall, timeout=5)
             assert await _wait_for(lambda: a.transport.counters["libp2p_refused_stalled"] == 1)

@@ -6,15 +6,22 @@ the peer can answer on, and Circuit Relay v2 for peers nobody can dial. Each env
 length-prefixed frame (u32 big-endian) on one long-lived ``/flava/wire/1.0.0`` stream per peer
 and direction; the node's core neither knows nor cares which carrier a datagram came by.
 
-Security: the host's key is the node's own Ed25519 identity (the PeerID is unchanged), the only
-security protocol offered is Noise (a peer offering only ``/plaintext/2.0.0`` fails the
-handshake), and with a network key the connection is wrapped in libp2p's private-network
-protector (pnet, a PSK derived from the network key), so a peer of another network fails
-before Noise even starts. Defences that live here because the kernel filter covers only UDP:
-graylisted PeerIDs are refused and disconnected, each peer gets a bounded number of inbound
-streams, a frame must arrive whole within ``io_timeout_s`` (a peer that stalls mid-frame is
-reset), frames above ``max_frame`` are refused, and a peer's outbound queue is bounded
-(when it is full, new frames are dropped and counted, as a congested UDP link would).
+Security: the host's key is the node's own Ed25519 identity (the PeerID is unchanged), and the
+only security protocol offered is Noise (a peer offering only ``/plaintext/2.0.0`` fails the
+handshake). The network key is proved on every stream: its first frame is a BLAKE2b MAC under
+the network key over both PeerIDs, which the Noise session has already authenticated, so a peer
+of another network is reset before any envelope is read. (libp2p's own private-network
+protector, pnet, would do this at the connection, but in py-libp2p 0.8 relayed connections fail
+under it.) Defences that live here because the kernel filter covers only UDP: graylisted PeerIDs
+are refused and disconnected, each peer gets a bounded number of inbound streams, a frame must
+arrive whole within ``io_timeout_s`` (a peer that stalls mid-frame is reset), frames above
+``max_frame`` are refused, and a peer's outbound queue is bounded (when it is full, new frames
+are dropped and counted, as a congested UDP link would).
+
+NAT: Circuit Relay v2. A node with ``relay="serve"`` relays for others within
+:class:`RelayService` limits; a node given ``relays`` (typically one with no listening address
+at all, as behind NAT) keeps a reservation at each and advertises
+``<relay>/p2p-circuit/p2p/<PeerID>``, which peers dial through the relay.
 
 Everything here runs in the trio thread of a :class:`~flava_p2p.runtime.trio_bridge.TrioThread`;
 the asyncio side only calls :meth:`Libp2pTransport.start`, :meth:`send`, :meth:`block` and
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +49,7 @@ from flava_p2p.runtime.trio_bridge import TrioThread
 
 PROTOCOL = TProtocol("/flava/wire/1.0.0")
 HEADER = 4
+TAG_BYTES = 32
 log = logging.getLogger("flava_p2p.libp2p")
 
 
@@ -61,6 +70,8 @@ class Libp2pLimits:
     dial_timeout_s: float = 10.0
     """Connecting to a peer and opening the stream."""
     max_inbound_streams_per_peer: int = 2
+    reservation_refresh_s: float = 600.0
+    """How often a relay reservation is renewed (relays grant ~1 h)."""
 
 
 @dataclass
@@ -72,9 +83,28 @@ class LinkInfo:
     remote: str
 
 
-def network_psk(network_key: bytes) -> str:
-    """The pnet pre-shared key (64 hex digits) for a network key: derived, never the key."""
-    return blake2b(network_key, digest_size=32, person=b"flava-pnet").hexdigest()
+def admission_tag(network_key: bytes | None, sender: bytes, receiver: bytes) -> bytes:
+    """The first frame of a stream: proof that ``sender`` holds the network key.
+
+    Bound to both PeerIDs (which Noise authenticated), so it is useless on any other stream
+    pair; with no network key it is a fixed tag that still names the protocol version.
+    """
+    key = network_key or b"flava-open-network"
+    mac = blake2b(key=key[:64], digest_size=TAG_BYTES, person=b"flava-libp2p-adm")
+    mac.update(sender)
+    mac.update(receiver)
+    return mac.digest()
+
+
+@dataclass(frozen=True)
+class RelayService:
+    """Limits of a node that relays for others (``network.relay: serve``)."""
+
+    max_reservations: int = 32
+    max_circuits: int = 64
+    max_circuit_seconds: int = 3600
+    max_circuit_bytes: int = 256 * 1024 * 1024
+    reservation_ttl_s: int = 3600
 
 
 def split_p2p_addr(text: str) -> tuple[multiaddr.Multiaddr, bytes]:
@@ -104,12 +134,16 @@ class Libp2pTransport:
         listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
         network_key: bytes | None = None,
         limits: Libp2pLimits | None = None,
+        relay: RelayService | None = None,
+        relays: Sequence[str] = (),
     ) -> None:
         self.identity = identity
         self.bridge = bridge
         self._on_frame = on_frame
         self.listen = [multiaddr.Multiaddr(a) for a in listen]
-        self.psk = network_psk(network_key) if network_key else None
+        self.network_key = network_key
+        self.relay_service = relay
+        self.relays = [split_p2p_addr(a) for a in relays]
         self.limits = limits or Libp2pLimits()
         self.counters: collections.Counter[str] = collections.Counter()
         self.addrs: list[str] = []
@@ -124,6 +158,7 @@ class Libp2pTransport:
         self._known_addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
         self._blocked: frozenset[bytes] = frozenset()
         self._failure: BaseException | None = None
+        self._circuit: Any = None
 
     # ------------------------------------------------------------------ asyncio side
     async def start(self, timeout: float = 30.0) -> list[str]:
@@ -183,20 +218,33 @@ class Libp2pTransport:
         ):
             raise Libp2pError("libp2p derived another public key from the node's seed.")
         noise_only = {NOISE: Noise(key_pair, noise_privkey=new_x25519().private_key)}
-        return new_host(key_pair=key_pair, sec_opt=noise_only, psk=self.psk)
+        return new_host(key_pair=key_pair, sec_opt=noise_only)
 
     async def _serve(self) -> None:
+        from libp2p.tools.anyio_service import background_trio_service
+
         quiet_libp2p_logs()
         try:
             self._host = self._make_host()
             self._host.set_stream_handler(PROTOCOL, self._handle_inbound)
-            async with self._host.run(listen_addrs=self.listen), trio.open_nursery() as nursery:
+            circuit, protocol, discovery = self._make_relay_parts()
+            async with (
+                self._host.run(listen_addrs=self.listen),
+                background_trio_service(protocol),
+                background_trio_service(discovery),
+                trio.open_nursery() as nursery,
+            ):
+                self._circuit = circuit
                 self._nursery = nursery
                 pid = peer_id_to_str(self.identity.peer_id)
                 self.addrs = [
                     f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{pid}"
                     for a in self._host.get_addrs()
                 ]
+                for relay_addr, relay_pid in self.relays:
+                    if await self._reserve(discovery, relay_addr, relay_pid):
+                        self.addrs.append(f"{relay_addr}/p2p-circuit/p2p/{pid}")
+                        nursery.start_soon(self._keep_reservation, discovery, relay_addr, relay_pid)
                 self._started.set()
                 await self._stopping.wait()
                 nursery.cancel_scope.cancel()
@@ -206,6 +254,57 @@ class Libp2pTransport:
         finally:
             self._started.set()
             self._stopped.set()
+
+    def _make_relay_parts(self) -> tuple[Any, Any, Any]:
+        """Circuit Relay v2: every node can dial and accept relayed connections; hop if serving."""
+        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+        from libp2p.relay.circuit_v2.discovery import RelayDiscovery
+        from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
+        from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP
+        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+        from libp2p.relay.circuit_v2.resources import RelayLimits
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+
+        svc = self.relay_service or RelayService(max_reservations=0, max_circuits=0)
+        limits = RelayLimits(
+            duration=svc.max_circuit_seconds,
+            data=svc.max_circuit_bytes,
+            max_circuit_conns=svc.max_circuits,
+            max_reservations=svc.max_reservations,
+            reservation_ttl=svc.reservation_ttl_s,
+        )
+        serving = self.relay_service is not None
+        roles = RelayRole.STOP | RelayRole.CLIENT | (RelayRole.HOP if serving else RelayRole(0))
+        protocol = CircuitV2Protocol(self._host, limits=limits, allow_hop=serving)
+        self._host.set_stream_handler(HOP, protocol._handle_hop_stream)
+        self._host.set_stream_handler(STOP, protocol._handle_stop_stream)
+        circuit = CircuitV2Transport(self._host, protocol, RelayConfig(roles=roles, limits=limits))
+        discovery = RelayDiscovery(self._host, auto_reserve=False)
+        circuit.discovery = discovery
+        return circuit, protocol, discovery
+
+    async def _reserve(self, discovery: Any, addr: multiaddr.Multiaddr, pid: bytes) -> bool:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        try:
+            with trio.fail_after(self.limits.dial_timeout_s):
+                await self._host.connect(PeerInfo(ID(pid), [addr]))
+                await discovery._add_relay(ID(pid))
+                ok = bool(await discovery.make_reservation(ID(pid)))
+        except Exception as exc:  # an unreachable relay is counted, the node runs on
+            log.warning("libp2p relay %s: no reservation (%r)", addr, exc)
+            ok = False
+        self.counters["libp2p_reservations" if ok else "libp2p_reservation_failed"] += 1
+        return ok
+
+    async def _keep_reservation(
+        self, discovery: Any, addr: multiaddr.Multiaddr, pid: bytes
+    ) -> None:
+        """Renew well before the relay's TTL runs out (and after the relay drops us)."""
+        while True:
+            await trio.sleep(self.limits.reservation_refresh_s)
+            await self._reserve(discovery, addr, pid)
 
     def _set_blocked(self, blocked: frozenset[bytes]) -> None:
         newly = blocked - self._blocked
@@ -287,10 +386,20 @@ class Libp2pTransport:
         from libp2p.peer.peerinfo import PeerInfo
 
         if not self._host.get_network().get_connections(ID(pid)):
-            await self._host.connect(PeerInfo(ID(pid), self._known_addrs.get(pid, [])))
-        return await self._host.new_stream(ID(pid), [PROTOCOL])
+            addrs = self._known_addrs.get(pid, [])
+            direct = [a for a in addrs if "/p2p-circuit" not in str(a)]
+            relayed = [a for a in addrs if "/p2p-circuit" in str(a)]
+            if direct or not relayed:
+                await self._host.connect(PeerInfo(ID(pid), direct))
+            else:
+                await self._circuit.dial(relayed[0])
+                self.counters["libp2p_relayed_dials"] += 1
+        stream = await self._host.new_stream(ID(pid), [PROTOCOL])
+        await stream.write(admission_tag(self.network_key, self.identity.peer_id, pid))
+        return stream
 
     async def _handle_inbound(self, stream: Any) -> None:
+        """One peer's stream: admission, then frames until it ends or misbehaves."""
         pid = bytes(stream.muxed_conn.peer_id.to_bytes())
         if pid in self._blocked:
             self.counters["libp2p_refused_graylisted"] += 1
@@ -302,23 +411,9 @@ class Libp2pTransport:
             return
         self._inbound_streams[pid] += 1
         try:
-            while pid not in self._blocked:
-                header = await _read_exactly(stream, HEADER)  # idle between frames is fine
-                if header is None:
-                    return
-                size = int.from_bytes(header, "big")
-                if size == 0 or size > self.limits.max_frame:
-                    self.counters["libp2p_refused_frame_size"] += 1
-                    return
-                with trio.move_on_after(self.limits.io_timeout_s) as timer:
-                    body = await _read_exactly(stream, size)
-                if timer.cancelled_caught:
-                    self.counters["libp2p_refused_stalled"] += 1
-                    return
-                if body is None:
-                    return
-                self.counters["libp2p_frames_received"] += 1
-                self.bridge.to_asyncio(self._on_frame, body, pid)
+            refusal = await self._read_frames(stream, pid)
+            if refusal is not None:
+                self.counters[refusal] += 1
         except Exception as exc:  # a broken stream ends this peer's stream only
             self.counters["libp2p_stream_errors"] += 1
             log.debug("libp2p stream from %s: %r", peer_id_to_str(pid), exc)
@@ -327,6 +422,29 @@ class Libp2pTransport:
             if self._inbound_streams[pid] <= 0:
                 del self._inbound_streams[pid]
             await _reset(stream)
+
+    async def _read_frames(self, stream: Any, pid: bytes) -> str | None:
+        """Deliver frames; the counter naming why the stream was refused, or None at its end."""
+        with trio.move_on_after(self.limits.io_timeout_s):
+            tag = await _read_exactly(stream, TAG_BYTES)
+        expected = admission_tag(self.network_key, pid, self.identity.peer_id)
+        if tag is None or not hmac.compare_digest(tag, expected):
+            return "libp2p_refused_network"
+        while pid not in self._blocked:
+            header = await _read_exactly(stream, HEADER)  # idle between frames is fine
+            if header is None:
+                return None
+            size = int.from_bytes(header, "big")
+            if size == 0 or size > self.limits.max_frame:
+                return "libp2p_refused_frame_size"
+            body: bytes | None = None
+            with trio.move_on_after(self.limits.io_timeout_s):
+                body = await _read_exactly(stream, size)
+            if body is None:
+                return "libp2p_refused_stalled"  # or closed mid-frame: the same to us
+            self.counters["libp2p_frames_received"] += 1
+            self.bridge.to_asyncio(self._on_frame, body, pid)
+        return "libp2p_refused_graylisted"
 
     async def _links(self) -> list[LinkInfo]:
         out = []
@@ -344,9 +462,11 @@ def quiet_libp2p_logs(level: int = logging.WARNING) -> None:
 
     Its records still reach the node's structlog handlers through the root logger.
     """
-    lib = logging.getLogger("libp2p")
-    if lib.level == logging.NOTSET or lib.level < level:
-        lib.setLevel(level)
+    names = ["libp2p", *(n for n in logging.root.manager.loggerDict if n.startswith("libp2p."))]
+    for name in names:  # some of its modules pin their own logger to INFO at import
+        lib = logging.getLogger(name)
+        if lib.level < level:
+            lib.setLevel(level)
 
 
 async def _read_exactly(stream: Any, n: int) -> bytes | None:
