@@ -103,6 +103,49 @@ class NetworkConfig(_Strict):
     """Mean seconds between two beacons (jittered like every other period)."""
     genesis_seed: int = Field(default=0, ge=0)
     """Every node of a network derives the same genesis model from this seed."""
+    transport: Literal["udp", "libp2p", "both"] = "udp"
+    """Which carriers the node speaks. ``udp``: FLAVA's own wire (``listen``). ``libp2p``:
+    TCP + Noise + yamux with Circuit Relay v2, for devices behind NAT (``libp2p_listen``,
+    ``relays``). ``both``: either, UDP preferred where a peer offers it. The envelopes are the
+    same on both; peers advertise the addresses of every carrier they speak."""
+    libp2p_listen: list[str] = Field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    """libp2p addresses to listen on (``/ip4/HOST/tcp/PORT``); an empty list makes the node
+    outbound-only, as behind NAT: it is reached through its ``relays``."""
+    relay: Literal["off", "serve"] = "off"
+    """``serve``: relay for other nodes of the network (Circuit Relay v2), within the
+    ``relay_max_*`` limits. Needs a reachable ``libp2p_listen`` address."""
+    relays: list[str] = Field(default_factory=list)
+    """Relays to keep a reservation at (``/ip4/HOST/tcp/PORT/p2p/PEERID``); the node then
+    advertises ``<relay>/p2p-circuit/p2p/<own PeerID>`` and peers dial it through them."""
+    relay_max_reservations: int = Field(default=32, ge=1)
+    relay_max_circuits: int = Field(default=64, ge=1)
+    relay_max_circuit_s: int = Field(default=3600, ge=1)
+    relay_max_circuit_mb: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _addresses_match_transport(self) -> NetworkConfig:
+        from flava_p2p.identity import IdentityError, parse_libp2p_multiaddr
+        from flava_p2p.protocol.carriers import bootstrap_endpoints, carriers_of
+
+        carriers = carriers_of(self.transport)
+        try:
+            bootstrap_endpoints(self.bootstrap, carriers)
+        except FlavaError as exc:
+            raise ValueError(str(exc).removeprefix("network.bootstrap: ")) from None
+        if "libp2p" not in carriers and (self.relays or self.relay == "serve"):
+            raise ValueError("relay and relays need network.transport: libp2p or both")
+        if self.multicast_beacons and "udp" not in carriers:
+            raise ValueError("multicast_beacons announce a UDP address: use transport udp or both")
+        if self.relay == "serve" and not self.libp2p_listen:
+            raise ValueError("relay: serve needs a libp2p_listen address others can reach")
+        for text in self.relays:
+            try:
+                parse_libp2p_multiaddr(text)
+            except IdentityError as exc:
+                raise ValueError(f"relays: {exc}") from None
+            if "/p2p-circuit" in text:
+                raise ValueError(f"relays: {text!r} is itself relayed; give the relay's address")
+        return self
 
     @field_validator("beacon_group")
     @classmethod

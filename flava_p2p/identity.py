@@ -200,6 +200,32 @@ def _parse_multiaddr(text: str) -> tuple[str, int, bytes | None]:
     return str(host), port, pid
 
 
+def parse_libp2p_multiaddr(text: str) -> bytes:
+    """The PeerID of a libp2p address the node can dial: ``/ip4|ip6|dns/HOST/tcp/PORT/p2p/ID``
+    or a relay's such address followed by ``/p2p-circuit/p2p/ID``."""
+    return _parse_libp2p_multiaddr(text)
+
+
+@lru_cache(maxsize=65536)
+def _parse_libp2p_multiaddr(text: str) -> bytes:
+    try:
+        protos = [p.name for p in multiaddr.Multiaddr(text).protocols()]
+    except Exception as exc:  # the multiaddr package raises a zoo of exception types
+        raise IdentityError(f"{text!r} is not a multiaddr ({exc}).") from None
+    direct = ["tcp", "p2p"]
+    relayed = ["tcp", "p2p", "p2p-circuit", "p2p"]
+    if (
+        len(protos) < 3
+        or protos[0] not in ("ip4", "ip6", "dns", "dns4", "dns6")
+        or protos[1:] not in (direct, relayed)
+    ):
+        raise IdentityError(
+            f"{text!r}: a libp2p address must be /ip4/HOST/tcp/PORT/p2p/PEERID, or a relay's "
+            "address followed by /p2p-circuit/p2p/PEERID (QUIC and WebSocket are not used)."
+        )
+    return peer_id_from_str(text.rsplit("/p2p/", 1)[1])
+
+
 # ----------------------------------------------------------------------------- keystore
 def save_keystore(path: str | Path, identity: Identity, passphrase: str | None = None) -> None:
     """Write the keystore with mode 0600, optionally sealed with an Argon2id-derived key."""

@@ -391,10 +391,11 @@ def _print_status(s: dict[str, object]) -> None:
             f" {msg['releases']} releases, z = {msg['noise_multiplier']}, C = {msg['clip']}"
         )
     console.print(f"local accuracy: {acc_text}   bytes in/out: {s['bytes_in']}/{s['bytes_out']}")
-    table = Table("peer", "address", "state", "score", "rtt ms")
+    table = Table("peer", "address", "via", "state", "score", "rtt ms")
     for p in s["peers"]:  # type: ignore[attr-defined]
+        via = str(p.get("transport")) + (" (relayed)" if p.get("relayed") else "")
         table.add_row(
-            p["peer_id"], str(p["address"]), p["state"], str(p["score"]), str(p["rtt_ms"])
+            p["peer_id"], str(p["address"]), via, p["state"], str(p["score"]), str(p["rtt_ms"])
         )
     console.print(table)
     rej = s["rejections_by_reason"]

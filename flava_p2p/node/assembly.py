@@ -19,8 +19,9 @@ import numpy as np
 
 from flava_p2p.attacks import AttackSpec, make_attack_hook
 from flava_p2p.config import GossipConfig, NetworkConfig, NodeConfig, PrivacyConfig
-from flava_p2p.identity import Identity, parse_multiaddr
+from flava_p2p.identity import Identity
 from flava_p2p.learning.message_noise import MessageNoise
+from flava_p2p.protocol.carriers import bootstrap_endpoints, carriers_of
 from flava_p2p.protocol.node import Addr, NodeCore, Vec
 from flava_p2p.protocol.sybil import SybilGuard
 from flava_p2p.runtime.multicast import parse_group
@@ -87,7 +88,7 @@ def core_spec(
         privacy=cfg.privacy,
         model=model,
         advertised=advertised,
-        bootstrap=[parse_multiaddr(a)[:2] for a in cfg.network.bootstrap],
+        bootstrap=bootstrap_endpoints(cfg.network.bootstrap, carriers_of(cfg.network.transport)),
         network_key=network_key,
         rng_seed=rng_seed,
         own_work=own_work,
@@ -144,6 +145,7 @@ def assemble_core(
             net.network_id, net.identity_work_bits, spec.own_work, spec.gossip.max_peers_per_host
         ),
     )
+    core.carriers = carriers_of(net.transport)  # before the view is restored: it picks addresses
     if resume is not None:
         resume_core(core, resume)
     return core

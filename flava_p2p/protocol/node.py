@@ -36,6 +36,7 @@ from flava_p2p.identity import (
     peer_id_from_str,
     verify_key_from_peer_id,
 )
+from flava_p2p.protocol.carriers import UDP_ONLY, best_endpoint, libp2p_peer
 from flava_p2p.protocol.liveness import Liveness, PeerState
 from flava_p2p.protocol.scores import PeerScores, ReputationRule
 from flava_p2p.protocol.screens import ModelScreens, cap_samples
@@ -218,8 +219,17 @@ def _addrs_host(addrs: tuple[str, ...]) -> str | None:
     return None
 
 
+def _seen_at(addr: Addr, sender: bytes) -> tuple[str, ...]:
+    """What to remember of a peer that advertised no address: where its datagram came from
+    (a libp2p peer without addresses is reachable only over the connection it opened)."""
+    return () if libp2p_peer(addr) is not None else (make_multiaddr(*addr, sender),)
+
+
 class NodeCore:
     """The node's brain. Deterministic given its inputs and ``rng``."""
+
+    carriers: frozenset[str] = UDP_ONLY
+    """Which carriers this node speaks (``protocol/carriers.py``); the runtime sets it."""
 
     reference_anchor: Callable[[Vec], Vec] | None = None
     """Public anchor: SGD steps on the public reference clips, applied after every merge
@@ -490,7 +500,7 @@ class NodeCore:
                     sender,
                     msg.box_key,
                     msg.box_key_sig,
-                    msg.addrs or (make_multiaddr(*addr, sender),),
+                    msg.addrs or _seen_at(addr, sender),
                     work=msg.work,
                 )
             )
@@ -621,13 +631,9 @@ class NodeCore:
         for d in descs:
             if d.peer_id in self._addr_of or d.peer_id == self.identity.peer_id:
                 continue
-            for text in d.addrs:
-                try:
-                    host, port, _ = parse_multiaddr(text)
-                except IdentityError:
-                    continue
-                self._addr_of[d.peer_id] = (host, port)
-                break
+            addr = best_endpoint(d.addrs, self.carriers)
+            if addr is not None:
+                self._addr_of[d.peer_id] = addr
 
     def _learn(self, desc: PeerDescriptor) -> None:
         if self.scores.is_graylisted(desc.peer_id, self._now) or not self._host_capped([desc]):

@@ -24,6 +24,7 @@ from aiohttp import BodyPartReader, web
 from flava_p2p.config import ApiConfig
 from flava_p2p.identity import peer_id_to_str
 from flava_p2p.learning.feedback import FeedbackError, FeedbackStore
+from flava_p2p.protocol.carriers import libp2p_peer
 from flava_p2p.speech.enrolment import EnrolmentError, SpeakerBook, check_name
 from flava_p2p.speech.upload import Upload, UploadError, UploadLimits, decode_upload
 
@@ -42,10 +43,13 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
     for p in core.view.peers():
         addr = core.address_of(p)
         rtt = core.liveness.rtt(p)
+        over_libp2p = addr is not None and libp2p_peer(addr) is not None
         peers.append(
             {
                 "peer_id": peer_id_to_str(p),
-                "address": f"{addr[0]}:{addr[1]}" if addr else None,
+                "address": (addr[0] if over_libp2p else f"{addr[0]}:{addr[1]}") if addr else None,
+                "transport": None if addr is None else "libp2p" if over_libp2p else "udp",
+                "relayed": node.libp2p_links.get(p) if over_libp2p else False,
                 "state": core.liveness.state(p).value,
                 "score": round(core.scores.score(p, now), 3),
                 "rtt_ms": None if rtt is None else round(rtt * 1000, 2),
@@ -105,7 +109,11 @@ def status_snapshot(node: NodeRunner) -> dict[str, Any]:
         "rejections_by_reason": core.wire.rejections.by_reason(),
         "graylisted_peers": [peer_id_to_str(p) for p in core.scores.graylisted(now)],
         "graylisted_addresses": core.scores.graylisted_addrs(now),
-        "counters": {**core.counters, **node.counters},
+        "counters": {
+            **core.counters,
+            **node.counters,
+            **(dict(node.libp2p.counters) if node.libp2p is not None else {}),
+        },
         "attack": node.attack.name if node.attack else None,
     }
 

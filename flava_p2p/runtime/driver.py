@@ -19,7 +19,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -28,7 +28,13 @@ from flava_p2p.attacks import AttackSpec, flip_labels
 from flava_p2p.attacks.network import NetworkAttacker
 from flava_p2p.config import NodeConfig
 from flava_p2p.errors import FlavaError
-from flava_p2p.identity import Identity, load_keystore, make_multiaddr, parse_multiaddr
+from flava_p2p.identity import (
+    Identity,
+    load_keystore,
+    make_multiaddr,
+    parse_libp2p_multiaddr,
+    parse_multiaddr,
+)
 from flava_p2p.learning.trainer import LocalTrainer, genesis_model
 from flava_p2p.node.assembly import (
     ModelIdentity,
@@ -36,6 +42,7 @@ from flava_p2p.node.assembly import (
     attach_attack,
     core_spec,
 )
+from flava_p2p.protocol.carriers import carriers_of, libp2p_endpoint, libp2p_peer
 from flava_p2p.protocol.node import (
     Addr,
     Event,
@@ -64,6 +71,9 @@ from flava_p2p.speech.clip_folder import ClipFolder, FolderChange
 from flava_p2p.speech.dataset import FeatureSet, load_features, scan_corpus
 from flava_p2p.task import TaskCard, apply_task, load_task
 from flava_p2p.wire.messages import DpInfo
+
+if TYPE_CHECKING:
+    from flava_p2p.runtime.libp2p_transport import Libp2pTransport
 
 log = structlog.get_logger("flava.node")
 
@@ -99,6 +109,15 @@ class NodeRunner:
         self.task: TaskCard | None = None
         self.own_work = b""
         """Our identity-work nonce (``network.identity_work_bits``)."""
+        self.carriers = carriers_of(cfg.network.transport)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: Any = None
+        self.beacon_transport: asyncio.DatagramTransport | None = None
+        self.addresses: list[str] = []
+        self.libp2p: Libp2pTransport | None = None
+        self.libp2p_links: dict[bytes, bool] = {}
+        """Connected libp2p peers → whether the connection is relayed (refreshed every save)."""
+        self._libp2p_boot: dict[bytes, list[str]] = {}
 
     # ------------------------------------------------------------------ setup
     def _load_identity(self) -> Identity:
@@ -278,23 +297,62 @@ class NodeRunner:
             await self._shutdown()
 
     async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The gossip socket (and the beacon socket when multicast discovery is on)."""
+        """The gossip socket (and the beacon socket when multicast discovery is on), and the
+        libp2p host when ``network.transport`` includes it."""
         net = self.cfg.network
-        host, port, _ = parse_multiaddr(net.listen)
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self._on_datagram, self._count), local_addr=(host, port)
-        )
-        self.sock = self.transport.get_extra_info("socket")
-        bound_port = int(self.transport.get_extra_info("sockname")[1])
-        self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
-        self.beacon_transport: asyncio.DatagramTransport | None = None
-        if net.multicast_beacons:
-            group = parse_group(net.beacon_group)
-            enable_multicast_send(self.sock, net.beacon_interface)
-            sock = open_beacon_socket(group, net.beacon_interface)
-            self.beacon_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self._on_datagram, self._count), sock=sock
+        if "udp" in self.carriers:
+            host, port, _ = parse_multiaddr(net.listen)
+            self.transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self._on_datagram, self._count), local_addr=(host, port)
             )
+            self.sock = self.transport.get_extra_info("socket")
+            bound_port = int(self.transport.get_extra_info("sockname")[1])
+            self.addresses = [make_multiaddr(host, bound_port, self.identity.peer_id)]
+            if net.multicast_beacons:
+                group = parse_group(net.beacon_group)
+                enable_multicast_send(self.sock, net.beacon_interface)
+                sock = open_beacon_socket(group, net.beacon_interface)
+                self.beacon_transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self._on_datagram, self._count), sock=sock
+                )
+        if "libp2p" in self.carriers:
+            await self._open_libp2p(loop)
+
+    async def _open_libp2p(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the libp2p host in its trio thread; advertise its (and relayed) addresses."""
+        from flava_p2p.runtime.libp2p_transport import Libp2pTransport, RelayService
+        from flava_p2p.runtime.trio_bridge import TrioThread
+
+        net = self.cfg.network
+        bridge = TrioThread(on_error=lambda exc: log.error("libp2p task failed", error=repr(exc)))
+        bridge.start(loop)
+        relay = None
+        if net.relay == "serve":
+            relay = RelayService(
+                max_reservations=net.relay_max_reservations,
+                max_circuits=net.relay_max_circuits,
+                max_circuit_seconds=net.relay_max_circuit_s,
+                max_circuit_bytes=net.relay_max_circuit_mb * 1024 * 1024,
+            )
+        self.libp2p = Libp2pTransport(
+            self.identity,
+            bridge,
+            self._on_frame,
+            listen=net.libp2p_listen,
+            network_key=self._network_key(),
+            relay=relay,
+            relays=net.relays,
+        )
+        self.addresses += await self.libp2p.start()
+        for text in net.bootstrap:  # the dialable addresses of libp2p bootstrap peers
+            with contextlib.suppress(FlavaError):
+                self._libp2p_boot.setdefault(parse_libp2p_multiaddr(text), []).append(text)
+        if net.relays and not any("/p2p-circuit/" in a for a in self.addresses):
+            log.warning("no relay reservation: peers cannot dial this node", relays=net.relays)
+
+    def _network_key(self) -> bytes | None:
+        path = self.cfg.network.network_key_file
+        return read_network_key(resolve(self.home, path)) if path is not None else None
 
     def _make_trainer(self) -> LocalTrainer:
         cfg = self.cfg
@@ -314,9 +372,7 @@ class NodeRunner:
     def _build_core(self, genesis_vec: Vec, first_seq: int) -> NodeCore:
         """The sans-I/O core with this node's wire, keys, resumed model, round and view."""
         cfg = self.cfg
-        network_key = None
-        if cfg.network.network_key_file is not None:
-            network_key = read_network_key(resolve(self.home, cfg.network.network_key_file))
+        network_key = self._network_key()
         spec = core_spec(
             cfg,
             self.identity,
@@ -361,9 +417,13 @@ class NodeRunner:
         await loop.run_in_executor(self._executor, self.trainer.save)
         self._save_state()
         self.core_loop.stop()
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
         if self.beacon_transport is not None:
             self.beacon_transport.close()
+        if self.libp2p is not None:
+            await self.libp2p.stop()
+            self.libp2p.bridge.stop()
         await self.api_runner.cleanup()
         self._executor.shutdown(wait=True)
         with contextlib.suppress(OSError):
@@ -374,14 +434,28 @@ class NodeRunner:
         """A datagram from the unicast or the beacon socket."""
         self.core_loop.datagram_received(data, addr)
 
+    def _on_frame(self, data: bytes, peer: bytes) -> None:
+        """An envelope that came over libp2p (its sender already authenticated by Noise)."""
+        self._count("libp2p_frames_in")
+        self.core_loop.datagram_received(data, libp2p_endpoint(peer))
+
     async def _save_loop(self) -> None:
         while True:
             await asyncio.sleep(STATE_SAVE_PERIOD_S)
             self._save_state()
             self._refresh_kernel_filter()  # lets expired address graylistings in again
+            if self.libp2p is not None:
+                with contextlib.suppress(Exception):
+                    links = await self.libp2p.links()
+                    self.libp2p_links = {li.peer_id: li.relayed for li in links}
 
     def _refresh_kernel_filter(self) -> None:
-        """Mirror the graylisted addresses into the socket's kernel drop filter (Linux)."""
+        """Mirror the graylisted addresses into the socket's kernel drop filter (Linux), and
+        the graylisted PeerIDs into the libp2p host (the kernel filter sees only UDP)."""
+        if self.libp2p is not None:
+            self.libp2p.block(set(self.core.scores.graylisted(time.time())))
+        if self.sock is None:
+            return
         addrs = []
         for entry in self.core.scores.graylisted_addrs(time.time()):
             host, _, port = entry.removeprefix("addr:").rpartition(":")
@@ -426,8 +500,7 @@ class NodeRunner:
             )
         elif isinstance(ev, Graylisted):
             log.warning("graylisted", who=ev.who)
-            if ev.who.startswith("addr:"):
-                self._refresh_kernel_filter()
+            self._refresh_kernel_filter()
 
     def _persist_reservation(self) -> None:
         """Before datagrams leave: persist a new seqno block / message-noise release count, so
@@ -443,10 +516,26 @@ class NodeRunner:
             self.net_attacker.remember(addr, datagram)
 
     def _transmit(self, datagram: bytes, addr: Addr) -> None:
+        peer = libp2p_peer(addr)
+        if peer is not None:
+            if self.libp2p is None:
+                self._count("send_no_libp2p")
+                return
+            self.libp2p.send(datagram, peer, self._libp2p_addrs(peer))
+            return
+        if self.transport is None:
+            self._count("send_no_udp")
+            return
         try:
             self.transport.sendto(datagram, addr)
         except OSError:
             self._count("send_error")
+
+    def _libp2p_addrs(self, peer: bytes) -> list[str]:
+        """Where to dial ``peer`` over libp2p: what it advertised, else its bootstrap entry."""
+        desc = self.core.view.descriptor(peer)
+        out = [a for a in desc.addrs if "/tcp/" in a] if desc is not None else []
+        return out or self._libp2p_boot.get(peer, [])
 
     # ------------------------------------------------------------------ training
     async def _train(self, round_: int) -> None:
