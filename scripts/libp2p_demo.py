@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                         for p in s["peers"]
                     ],
+                    "deltas_received": s["counters"].get("deltas_received", 0),
                     "libp2p_counters": {
                         k: v for k, v in s.get("counters", {}).items() if "libp2p" in k
                     },

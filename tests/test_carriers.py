@@ -60,6 +60,9 @@ def test_bootstrap_takes_a_full_address_list_but_refuses_nonsense() -> None:
     # a peer's whole address list: the UDP node skips the libp2p address and vice versa
     assert bootstrap_endpoints([UDP, TCP], carriers_of("udp")) == [("10.0.0.2", 7946)]
     assert bootstrap_endpoints([UDP, TCP], carriers_of("libp2p")) == [(f"/p2p/{PID}", 0)]
+    # speaking both, the same peer is greeted once, on UDP
+    assert bootstrap_endpoints([TCP, UDP], carriers_of("both")) == [("10.0.0.2", 7946)]
+    assert bootstrap_endpoints([RELAYED], carriers_of("both")) == [(f"/p2p/{PID}", 0)]
     with pytest.raises(FlavaError, match="is neither a UDP peer address"):
         bootstrap_endpoints([QUIC], carriers_of("both"))
     with pytest.raises(FlavaError, match=r"set network\.transport to match"):

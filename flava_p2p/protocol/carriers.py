@@ -94,6 +94,11 @@ def bootstrap_endpoints(addrs: list[str], carriers: frozenset[str]) -> list[Addr
             )
         if carrier in carriers and (addr := endpoint_of(text, carriers)) is not None:
             out.append(addr)
+    # First contact prefers UDP: a peer given by a UDP and a libp2p address is greeted on UDP
+    # only (afterwards replies go back over whichever carrier the peer last used).
+    if "udp" in carriers:
+        on_udp = {parse_multiaddr(t)[2] for t in addrs if carrier_of(t) == "udp"} - {None}
+        out = [a for a in out if libp2p_peer(a) not in on_udp]
     if addrs and not out:
         speaks = " and ".join(sorted(carriers))
         raise FlavaError(
