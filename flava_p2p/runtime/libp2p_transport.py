@@ -34,6 +34,8 @@ import collections
 import contextlib
 import hmac
 import logging
+import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -63,8 +65,11 @@ class Libp2pLimits:
 
     max_frame: int = 64 * 1024
     """Largest envelope accepted (the UDP wire's are ~1.2 kB; fragments keep them small)."""
-    queue_frames: int = 256
-    """Frames waiting to go to one peer; beyond this new frames are dropped and counted."""
+    queue_bytes: int = 8 * 1024 * 1024
+    """Bytes waiting to go to one peer (several 1 MiB deltas' fragments); beyond this new
+    frames are dropped and counted, as a congested UDP link would drop them."""
+    write_batch_bytes: int = 64 * 1024
+    """Queued frames are coalesced into writes of up to this size (one Noise frame each)."""
     io_timeout_s: float = 10.0
     """A frame must be written, or arrive whole once its header has, within this."""
     dial_timeout_s: float = 10.0
@@ -155,6 +160,10 @@ class Libp2pTransport:
         self._stopped = trio.Event()
         self._outbound: dict[bytes, trio.MemorySendChannel[bytes]] = {}
         self._inbound_streams: collections.Counter[bytes] = collections.Counter()
+        self._queued: collections.Counter[bytes] = collections.Counter()
+        self._pending: list[tuple[bytes, bytes, list[multiaddr.Multiaddr]]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_scheduled = False
         self._known_addrs: dict[bytes, list[multiaddr.Multiaddr]] = {}
         self._blocked: frozenset[bytes] = frozenset()
         self._failure: BaseException | None = None
@@ -178,7 +187,20 @@ class Libp2pTransport:
         if not self.bridge.running:
             self.counters["libp2p_send_dropped_stopped"] += 1
             return
-        self.bridge._to_trio(lambda: self._enqueue(frame, peer_id, parsed))
+        # One hop into trio per burst, not per datagram: a delta is hundreds of fragments.
+        with self._pending_lock:
+            self._pending.append((frame, peer_id, parsed))
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self.bridge._to_trio(self._flush)
+
+    def _flush(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            self._flush_scheduled = False
+        for frame, peer_id, parsed in pending:
+            self._enqueue(frame, peer_id, parsed)
 
     def block(self, peer_ids: set[bytes]) -> None:
         """Refuse (and disconnect) these PeerIDs: the graylist, applied on this carrier."""
@@ -328,35 +350,55 @@ class Libp2pTransport:
             return
         if addrs:
             self._known_addrs[pid] = addrs
+        if self._queued[pid] + len(frame) > self.limits.queue_bytes:
+            self.counters["libp2p_send_dropped_backpressure"] += 1
+            return
         chan = self._outbound.get(pid)
         if chan is None:
             if self._nursery is None:
                 self.counters["libp2p_send_dropped_stopped"] += 1
                 return
-            chan, receive = trio.open_memory_channel[bytes](self.limits.queue_frames)
+            chan, receive = trio.open_memory_channel[bytes](math.inf)  # bounded in bytes
             self._outbound[pid] = chan
             self._nursery.start_soon(self._writer, pid, receive)
         try:
             chan.send_nowait(frame)
-        except trio.WouldBlock:
-            self.counters["libp2p_send_dropped_backpressure"] += 1
+            self._queued[pid] += len(frame)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.counters["libp2p_send_dropped_closed"] += 1
 
+    def _next_batch(
+        self, first: bytes, frames: trio.MemoryReceiveChannel[bytes]
+    ) -> tuple[bytes, int]:
+        """``first`` and whatever else is queued, framed, up to ``write_batch_bytes``; and
+        how many queued (unframed) bytes that takes off the queue."""
+        parts = [len(first).to_bytes(HEADER, "big"), first]
+        payload = len(first)
+        while payload + HEADER * len(parts) // 2 < self.limits.write_batch_bytes:
+            try:
+                frame = frames.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            parts += [len(frame).to_bytes(HEADER, "big"), frame]
+            payload += len(frame)
+        return b"".join(parts), payload
+
     async def _writer(self, pid: bytes, frames: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Send one peer's queued frames on one stream; a broken stream is re-opened once per
-        frame (the receiver resets a stream it refuses), a failed dial ends the link."""
+        """Send one peer's queued frames on one stream, coalesced into large writes; a broken
+        stream is re-opened once per write (the receiver resets a stream it refuses), a failed
+        dial ends the link."""
         stream: Any = None
         try:
             async with frames:
-                async for frame in frames:
+                async for first in frames:
+                    batch, payload = self._next_batch(first, frames)
                     for attempt in (0, 1):
                         if stream is None:
                             with trio.fail_after(self.limits.dial_timeout_s):
                                 stream = await self._open_stream(pid)
                         try:
                             with trio.fail_after(self.limits.io_timeout_s):
-                                await stream.write(len(frame).to_bytes(HEADER, "big") + frame)
+                                await stream.write(batch)
                         except trio.TooSlowError:
                             raise
                         except Exception:
@@ -366,8 +408,9 @@ class Libp2pTransport:
                             if attempt:
                                 raise
                             continue
-                        self.counters["libp2p_frames_sent"] += 1
+                        self.counters["libp2p_writes"] += 1
                         break
+                    self._queued[pid] -= payload
         except trio.TooSlowError:
             self.counters["libp2p_send_failed"] += 1
             self.counters["libp2p_send_timeout"] += 1
@@ -375,6 +418,7 @@ class Libp2pTransport:
             self.counters["libp2p_send_failed"] += 1
             log.debug("libp2p send to %s failed: %r", peer_id_to_str(pid), exc)
         finally:
+            self._queued.pop(pid, None)
             chan = self._outbound.pop(pid, None)
             if chan is not None:
                 chan.close()
@@ -425,13 +469,16 @@ class Libp2pTransport:
 
     async def _read_frames(self, stream: Any, pid: bytes) -> str | None:
         """Deliver frames; the counter naming why the stream was refused, or None at its end."""
+        reader = _Reader(stream)
+        tag: bytes | None = None
         with trio.move_on_after(self.limits.io_timeout_s):
-            tag = await _read_exactly(stream, TAG_BYTES)
+            tag = await reader.exactly(TAG_BYTES)
         expected = admission_tag(self.network_key, pid, self.identity.peer_id)
         if tag is None or not hmac.compare_digest(tag, expected):
             return "libp2p_refused_network"
+        batch: list[bytes] = []
         while pid not in self._blocked:
-            header = await _read_exactly(stream, HEADER)  # idle between frames is fine
+            header = await reader.exactly(HEADER)  # idle between frames is fine
             if header is None:
                 return None
             size = int.from_bytes(header, "big")
@@ -439,12 +486,19 @@ class Libp2pTransport:
                 return "libp2p_refused_frame_size"
             body: bytes | None = None
             with trio.move_on_after(self.limits.io_timeout_s):
-                body = await _read_exactly(stream, size)
+                body = await reader.exactly(size)
             if body is None:
                 return "libp2p_refused_stalled"  # or closed mid-frame: the same to us
             self.counters["libp2p_frames_received"] += 1
-            self.bridge.to_asyncio(self._on_frame, body, pid)
+            batch.append(body)
+            if not reader.holds_frame():  # deliver what the buffer held in one hop to asyncio
+                self.bridge.to_asyncio(self._deliver, batch, pid)
+                batch = []
         return "libp2p_refused_graylisted"
+
+    def _deliver(self, frames: list[bytes], pid: bytes) -> None:
+        for frame in frames:
+            self._on_frame(frame, pid)
 
     async def _links(self) -> list[LinkInfo]:
         out = []
@@ -469,14 +523,32 @@ def quiet_libp2p_logs(level: int = logging.WARNING) -> None:
             lib.setLevel(level)
 
 
-async def _read_exactly(stream: Any, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+class _Reader:
+    """Buffered reads: one ``stream.read`` of up to 64 KiB serves many small frames (a read
+    through yamux and Noise costs far more than slicing a buffer)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    def holds_frame(self) -> bool:
+        """Whether the buffer already holds a whole length-prefixed frame."""
+        if len(self.buf) < HEADER:
+            return False
+        return len(self.buf) >= HEADER + int.from_bytes(self.buf[:HEADER], "big")
+
+    async def exactly(self, n: int) -> bytes | None:
+        """The next ``n`` bytes, or None if the stream ends first."""
+        while len(self.buf) < n:
+            chunk = await self.stream.read(max(self.CHUNK, n - len(self.buf)))
+            if not chunk:
+                return None
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
 
 
 async def _reset(stream: Any) -> None:
