@@ -152,6 +152,9 @@ class Libp2pTransport:
         self.limits = limits or Libp2pLimits()
         self.counters: collections.Counter[str] = collections.Counter()
         self.addrs: list[str] = []
+        self.last_error = ""
+        self.errors: collections.deque[str] = collections.deque(maxlen=16)
+        """The last failure to reach a peer (for status and debugging)."""
         # trio-thread state (only touched from the trio thread)
         self._host: Any = None
         self._nursery: trio.Nursery | None = None
@@ -230,6 +233,7 @@ class Libp2pTransport:
         from libp2p import new_host
         from libp2p.crypto.ed25519 import create_new_key_pair
         from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+        from libp2p.rcmgr import new_resource_manager
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
         from libp2p.security.noise.transport import Transport as Noise
 
@@ -240,7 +244,19 @@ class Libp2pTransport:
         ):
             raise Libp2pError("libp2p derived another public key from the node's seed.")
         noise_only = {NOISE: Noise(key_pair, noise_privkey=new_x25519().private_key)}
-        return new_host(key_pair=key_pair, sec_opt=noise_only)
+        # Two parts of py-libp2p 0.8's resource manager are off. Its connection tracker counts
+        # established inbound connections but does not uncount those the remote closes, so a
+        # host refuses every connection after its 256th (measured: tests/
+        # test_libp2p_transport.py, 1,000 connects). Its circuit breaker refuses every new
+        # connection for 60 s after 5 failed acquisitions: five bad dials by anyone would shut
+        # the node off. The manager's own connection and stream caps stay on, and the node
+        # bounds peers itself (streams, frames, graylist).
+        resources = new_resource_manager(
+            enable_circuit_breaker=False, enable_connection_tracking=False
+        )
+        host = new_host(key_pair=key_pair, sec_opt=noise_only, resource_manager=resources)
+        _release_inbound_slots(host.get_network())
+        return host
 
     async def _serve(self) -> None:
         from libp2p.tools.anyio_service import background_trio_service
@@ -416,6 +432,8 @@ class Libp2pTransport:
             self.counters["libp2p_send_timeout"] += 1
         except Exception as exc:  # one peer's failure ends its link, never the host
             self.counters["libp2p_send_failed"] += 1
+            self.last_error = f"{peer_id_to_str(pid)}: {exc!r}"
+            self.errors.append(self.last_error)
             log.debug("libp2p send to %s failed: %r", peer_id_to_str(pid), exc)
         finally:
             self._queued.pop(pid, None)
@@ -427,20 +445,39 @@ class Libp2pTransport:
 
     async def _open_stream(self, pid: bytes) -> Any:
         from libp2p.peer.id import ID
-        from libp2p.peer.peerinfo import PeerInfo
 
-        if not self._host.get_network().get_connections(ID(pid)):
-            addrs = self._known_addrs.get(pid, [])
-            direct = [a for a in addrs if "/p2p-circuit" not in str(a)]
-            relayed = [a for a in addrs if "/p2p-circuit" in str(a)]
-            if direct or not relayed:
-                await self._host.connect(PeerInfo(ID(pid), direct))
-            else:
-                await self._circuit.dial(relayed[0])
-                self.counters["libp2p_relayed_dials"] += 1
-        stream = await self._host.new_stream(ID(pid), [PROTOCOL])
+        network = self._host.get_network()
+        if network.get_connections(ID(pid)):
+            try:
+                stream = await self._host.new_stream(ID(pid), [PROTOCOL])
+            except Exception:
+                # the connection was closing (the peer went away): drop it and dial afresh
+                with contextlib.suppress(Exception):
+                    await network.close_peer(ID(pid))
+                self.counters["libp2p_redials"] += 1
+                stream = await self._dial_and_open(pid)
+        else:
+            stream = await self._dial_and_open(pid)
         await stream.write(admission_tag(self.network_key, self.identity.peer_id, pid))
         return stream
+
+    async def _dial_and_open(self, pid: bytes) -> Any:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        addrs = self._known_addrs.get(pid, [])
+        # libp2p refuses to redial a peer whose last dial failed for a while (its negative
+        # cache); the node's own sends decide when to try again, so that cache is cleared
+        with contextlib.suppress(Exception):
+            self._host.get_network().unblock_peer(ID(pid))
+        direct = [a for a in addrs if "/p2p-circuit" not in str(a)]
+        relayed = [a for a in addrs if "/p2p-circuit" in str(a)]
+        if direct or not relayed:
+            await self._host.connect(PeerInfo(ID(pid), direct))
+        else:
+            await self._circuit.dial(relayed[0])
+            self.counters["libp2p_relayed_dials"] += 1
+        return await self._host.new_stream(ID(pid), [PROTOCOL])
 
     async def _handle_inbound(self, stream: Any) -> None:
         """One peer's stream: admission, then frames until it ends or misbehaves."""
@@ -509,6 +546,34 @@ class Libp2pTransport:
                 relayed = any("/p2p-circuit" in a for a in addrs)
                 out.append(LinkInfo(bytes(peer.to_bytes()), relayed, addrs[0] if addrs else ""))
         return out
+
+
+class _InboundConnectionClosed(Exception):  # noqa: N818 - control flow inside py-libp2p only
+    """Raised into py-libp2p's inbound handler when its connection has closed."""
+
+
+def _release_inbound_slots(swarm: Any) -> None:
+    """Let py-libp2p 0.8's inbound handler end when its connection does.
+
+    Its handler for an accepted TCP connection upgrades it and then waits for the whole swarm to
+    stop, holding one of its ``max_connections - min_connections`` (250) inbound slots and one
+    task for the host's lifetime: after 250 inbound connections in all, a host refuses every
+    new one (measured: the 251st connect fails; ``tests/test_libp2p_transport.py``). Here the
+    upgrade, on this host's swarm only, waits for its connection to close and then raises; the
+    handler treats that as the end of the connection, releases the slot and returns. Version
+    specific by nature: the package pin (``libp2p>=0.8,<0.9``) is what keeps it valid.
+    """
+    upgrade = swarm.upgrade_inbound_raw_conn
+
+    async def upgrade_until_closed(raw_conn: Any, maddr: Any) -> Any:
+        muxed = await upgrade(raw_conn, maddr)
+        closed = getattr(muxed, "event_closed", None)
+        if closed is None:
+            return muxed  # another muxer: leave the library's behaviour alone
+        await closed.wait()
+        raise _InboundConnectionClosed
+
+    swarm.upgrade_inbound_raw_conn = upgrade_until_closed
 
 
 def quiet_libp2p_logs(level: int = logging.WARNING) -> None:
