@@ -89,3 +89,31 @@ def test_config_checks_transport_relay_and_bootstrap_together() -> None:
     for message, settings in cases.items():
         with pytest.raises(ValueError, match=message):
             NetworkConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_metrics_count_peers_per_carrier_and_relay() -> None:
+    from flava_p2p.runtime.api import prometheus_text
+
+    peers = [
+        {"transport": "udp", "relayed": False},
+        {"transport": "libp2p", "relayed": True},
+        {"transport": "libp2p", "relayed": True},
+        {"transport": "libp2p", "relayed": False},
+    ]
+    snapshot = {
+        "round": 3,
+        "peers": peers,
+        "bytes_in": 1,
+        "bytes_out": 2,
+        "rejections_by_reason": {},
+        "privacy": {"example_level": None},
+        "data": {"clips": 10},
+        "accuracy": {},
+        "graylisted_peers": [],
+        "graylisted_addresses": [],
+    }
+    text = prometheus_text(snapshot)
+    assert 'flava_peers_by_transport{transport="libp2p",relayed="true"} 2' in text
+    assert 'flava_peers_by_transport{transport="libp2p",relayed="false"} 1' in text
+    assert 'flava_peers_by_transport{transport="udp",relayed="false"} 1' in text
+    assert "flava_peers 4" in text

@@ -135,6 +135,18 @@ def data_snapshot(node: NodeRunner) -> dict[str, Any]:
     }
 
 
+def _peers_by_transport(peers: list[dict[str, Any]]) -> list[str]:
+    """One gauge line per (carrier, relayed) pair seen among the peers."""
+    counts: dict[tuple[str, bool], int] = {}
+    for p in peers:
+        key = (str(p.get("transport")), bool(p.get("relayed")))
+        counts[key] = counts.get(key, 0) + 1
+    return [
+        f'flava_peers_by_transport{{transport="{t}",relayed="{str(r).lower()}"}} {n}'
+        for (t, r), n in sorted(counts.items())
+    ]
+
+
 def prometheus_text(s: dict[str, Any]) -> str:
     """Render a snapshot in the Prometheus text exposition format."""
     lines = [
@@ -142,6 +154,8 @@ def prometheus_text(s: dict[str, Any]) -> str:
         f"flava_round {s['round']}",
         "# TYPE flava_peers gauge",
         f"flava_peers {len(s['peers'])}",
+        "# TYPE flava_peers_by_transport gauge",
+        *_peers_by_transport(s["peers"]),
         "# TYPE flava_bytes_in_total counter",
         f"flava_bytes_in_total {s['bytes_in']}",
         "# TYPE flava_bytes_out_total counter",

@@ -577,10 +577,11 @@ def _release_inbound_slots(swarm: Any) -> None:
 
 
 def quiet_libp2p_logs(level: int = logging.WARNING) -> None:
-    """py-libp2p logs every dial and handshake at INFO; keep its records at ``level`` and up.
-
-    Its records still reach the node's structlog handlers through the root logger.
-    """
+    """py-libp2p logs every dial and handshake at INFO; keep its records at ``level`` and up,
+    unless the node runs at debug level. Its records reach the node's structlog handler (JSON
+    or console) through the root logger like every other library's."""
+    if logging.getLogger().level <= logging.DEBUG and logging.getLogger().level != 0:
+        return  # the operator asked for debug (--log-level debug): show libp2p's too
     names = ["libp2p", *(n for n in logging.root.manager.loggerDict if n.startswith("libp2p."))]
     for name in names:  # some of its modules pin their own logger to INFO at import
         lib = logging.getLogger(name)
