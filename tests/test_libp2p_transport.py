@@ -68,6 +68,23 @@ class Node:
         self.bridge.stop()
 
 
+async def _stall_mid_frame(node: Node, target: Node, promised: int, sent: int) -> None:
+    """From ``node``'s host: open a stream to ``target`` as a member, then send a header
+    promising ``promised`` bytes and only ``sent`` of them."""
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+
+    async def stall() -> None:
+        host = node.transport._host
+        ma, pid = split_p2p_addr(target.addrs[0])
+        await host.connect(PeerInfo(ID(pid), [ma]))
+        stream = await host.new_stream(ID(pid), [PROTOCOL])
+        tag = admission_tag(NET, node.identity.peer_id, pid)
+        await stream.write(tag + promised.to_bytes(4, "big") + b"x" * sent)
+
+    await node.bridge.call(stall, timeout=10)
+
+
 async def _wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
     for _ in range(int(seconds / 0.02)):
         if cond():
@@ -194,18 +211,7 @@ def test_stalled_oversized_and_graylisted_peers_cost_only_themselves() -> None:
         b, c = await Node(b"b" * 32).start(), await Node(b"c" * 32).start()
         try:
             # b stalls mid-frame: a header promising 100 bytes, then 10 bytes, then nothing
-            async def stall() -> None:
-                from libp2p.peer.id import ID
-                from libp2p.peer.peerinfo import PeerInfo
-
-                host = b.transport._host
-                ma, pid = split_p2p_addr(a.addrs[0])
-                await host.connect(PeerInfo(ID(pid), [ma]))
-                stream = await host.new_stream(ID(pid), [PROTOCOL])
-                tag = admission_tag(NET, b.identity.peer_id, pid)  # a member, then it stalls
-                await stream.write(tag + (100).to_bytes(4, "big") + b"x" * 10)
-
-            await b.bridge.call(stall, timeout=5)
+            await _stall_mid_frame(b, a, promised=100, sent=10)
             assert await _wait_for(lambda: a.transport.counters["libp2p_refused_stalled"] == 1)
             # c sends an oversized frame, then (on a new stream) a good one
             c.transport.send(b"y" * 2000, a.identity.peer_id, a.addrs)
@@ -251,7 +257,6 @@ def test_a_thousand_connects_and_a_stalled_peer_leak_nothing() -> None:
     throughout: afterwards the node holds no streams, links or extra tasks, its threads are
     the ones it started with, and it still delivers frames."""
     from libp2p.peer.id import ID
-    from libp2p.peer.peerinfo import PeerInfo
 
     async def main() -> None:
         a = await Node(b"a" * 32, limits=Libp2pLimits(io_timeout_s=600)).start()
@@ -259,15 +264,7 @@ def test_a_thousand_connects_and_a_stalled_peer_leak_nothing() -> None:
         threads = threading.active_count()
         try:
             # the staller sends a header and half a frame, then nothing, for the whole test
-            async def stall() -> None:
-                host = staller.transport._host
-                ma, pid = split_p2p_addr(a.addrs[0])
-                await host.connect(PeerInfo(ID(pid), [ma]))
-                stream = await host.new_stream(ID(pid), [PROTOCOL])
-                tag = admission_tag(NET, staller.identity.peer_id, pid)
-                await stream.write(tag + (1000).to_bytes(4, "big") + b"x" * 500)
-
-            await staller.bridge.call(stall, timeout=10)
+            await _stall_mid_frame(staller, a, promised=1000, sent=500)
             await asyncio.sleep(1.0)
             base_tasks = await a.bridge.call(_all_trio_tasks)
             peers = [await Node(bytes([i]) * 32).start() for i in range(10)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,23 @@ def _run(coro: Any) -> Any:
 async def _add(a: int, b: int) -> int:
     await trio.sleep(0)
     return a + b
+
+
+def _staller(
+    cancelled: threading.Event, started: threading.Event | None = None
+) -> Callable[[], Awaitable[None]]:
+    """A trio coroutine function that sleeps 30 s and records that it was cancelled."""
+
+    async def stall() -> None:
+        if started is not None:
+            started.set()
+        try:
+            await trio.sleep(30)
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    return stall
 
 
 async def _fail() -> None:
@@ -55,14 +73,7 @@ def test_a_slow_call_times_out_and_is_cancelled_in_trio() -> None:
         bridge = TrioThread()
         bridge.start()
         cancelled = threading.Event()
-
-        async def stall() -> None:
-            try:
-                await trio.sleep(30)
-            except trio.Cancelled:
-                cancelled.set()
-                raise
-
+        stall = _staller(cancelled)
         try:
             with pytest.raises(TimeoutError, match=r"within 0\.05 s"):
                 await bridge.call(stall, timeout=0.05)
@@ -78,15 +89,7 @@ def test_cancelling_the_asyncio_side_cancels_the_trio_task() -> None:
         bridge = TrioThread()
         bridge.start()
         started, cancelled = threading.Event(), threading.Event()
-
-        async def stall() -> None:
-            started.set()
-            try:
-                await trio.sleep(30)
-            except trio.Cancelled:
-                cancelled.set()
-                raise
-
+        stall = _staller(cancelled, started)
         try:
             fut = bridge.call(stall)
             await asyncio.to_thread(started.wait, 2.0)

@@ -196,7 +196,7 @@ class Libp2pTransport:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
-        self.bridge._to_trio(self._flush)
+        self.bridge.to_trio(self._flush)
 
     def _flush(self) -> None:
         with self._pending_lock:
@@ -209,7 +209,7 @@ class Libp2pTransport:
         """Refuse (and disconnect) these PeerIDs: the graylist, applied on this carrier."""
         blocked = frozenset(peer_ids)
         if self.bridge.running:
-            self.bridge._to_trio(lambda: self._set_blocked(blocked))
+            self.bridge.to_trio(lambda: self._set_blocked(blocked))
 
     async def links(self) -> list[LinkInfo]:
         """Connected peers, with whether each connection goes through a relay."""

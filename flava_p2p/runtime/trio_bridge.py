@@ -183,6 +183,10 @@ class TrioThread:
 
         self._start_in_trio(task, None)
 
+    def to_trio(self, fn: Callable[[], object]) -> bool:
+        """From asyncio: run ``fn()`` soon in the trio thread (no result); False if stopped."""
+        return self._to_trio(fn)
+
     def to_asyncio(self, fn: Callable[..., object], *args: Any) -> None:
         """From trio: run ``fn(*args)`` on the asyncio loop (dropped if the loop has closed)."""
         self._to_asyncio(fn, *args)
