@@ -78,14 +78,15 @@ def verify_key_from_peer_id(pid: bytes) -> bytes:
     return pid[len(prefix) :]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65_536)  # a 10,000-node simulation names every peer in one process
 def peer_id_to_str(pid: bytes) -> str:
     """``12D3KooW…`` text form (cached: the wire labels every authenticated datagram)."""
     return b58encode(pid)
 
 
+@lru_cache(maxsize=65_536)
 def peer_id_from_str(text: str) -> bytes:
-    """Parse and check a ``12D3KooW…`` PeerID."""
+    """Parse and check a ``12D3KooW…`` PeerID (cached: rejections name their source by it)."""
     pid = b58decode(text)
     verify_key_from_peer_id(pid)
     return pid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -261,6 +262,46 @@ class TestView:
         view.merge(descs[4:], replaceable=[d.peer_id for d in sent[1:]])
         assert len(view) == 4 and descs[4].peer_id in view
         assert not view.add(selfdesc)
+
+    def test_host_counts_follow_every_change(self) -> None:
+        """The per-host index the Sybil cap reads stays equal to a recount of the view through
+        adds (new and refreshed), evictions, shuffles, merges, removals and host changes. As
+        in the node, a peer's host is where it was heard from, else what its stored descriptor
+        advertises."""
+        import random
+
+        rng = random.Random(3)
+        me = Identity.from_seed(b"m" * 32)
+        ids = [Identity.from_seed(bytes([i]) * 32).peer_id for i in range(1, 30)]
+        hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        heard_at: dict[bytes, str] = {}
+
+        def host_of(p: bytes) -> str | None:
+            d = view.descriptor(p)
+            return heard_at.get(p) or (d.addrs[0] if d is not None and d.addrs else None)
+
+        view = PeerSamplingView(me.peer_id, 8, random.Random(0), host_of)
+
+        def desc(p: bytes) -> PeerDescriptor:
+            addrs = (rng.choice(hosts),) if rng.random() < 0.7 else ()
+            return PeerDescriptor(p, b"k" * 32, b"s" * 64, addrs, age=rng.randrange(3))
+
+        for step in range(600):
+            p = rng.choice(ids)
+            op = rng.randrange(5)
+            if op == 0:
+                view.add(desc(p))
+            elif op == 1:
+                view.remove(p)
+            elif op == 2:
+                view.start_shuffle(3, desc(me.peer_id))
+            elif op == 3:
+                view.merge([desc(q) for q in rng.sample(ids, 3)], replaceable=view.peers()[:2])
+            else:
+                heard_at[p] = rng.choice(hosts)
+                view.rehost(p)
+            recount = Counter(h for q in view.peers() if (h := host_of(q)) is not None)
+            assert view.host_counts == recount, step
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -63,10 +63,10 @@ class TestGuard:
     def test_view_cap_counts_the_view_and_the_incoming(self) -> None:
         guard = SybilGuard("n", max_per_host=2)
         incoming = ["10.0.0.9", "10.9.9.9", "10.9.9.9", "127.0.0.1", "127.0.0.1", "127.0.0.1"]
-        kept, cut = guard.within_view_cap(incoming, host_key, ["10.9.9.9", None])
+        kept, cut = guard.within_view_cap(incoming, host_key, {"10.9.9.9": 1})
         assert kept == ["10.0.0.9", "10.9.9.9", "127.0.0.1", "127.0.0.1", "127.0.0.1"]
         assert cut == 1  # loopback is exempt: a local test cluster is one operator
-        assert SybilGuard("n").within_view_cap(incoming, host_key, ["10.9.9.9"] * 5)[1] == 0
+        assert SybilGuard("n").within_view_cap(incoming, host_key, {"10.9.9.9": 5})[1] == 0
 
     def test_one_model_per_host_in_a_merge(self) -> None:
         guard = SybilGuard("n", max_per_host=2)

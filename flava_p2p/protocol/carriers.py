@@ -8,6 +8,7 @@ carrier carried a datagram, and a node that speaks both prefers UDP where a peer
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 from flava_p2p.errors import FlavaError
@@ -25,6 +26,7 @@ LIBP2P_PREFIX = "/p2p/"
 UDP_ONLY: frozenset[str] = frozenset({"udp"})
 
 
+@lru_cache(maxsize=8)
 def carriers_of(transport: str) -> frozenset[str]:
     """``network.transport`` (udp | libp2p | both) → the set of carriers a node speaks."""
     return frozenset({"udp", "libp2p"}) if transport == "both" else frozenset({transport})

@@ -281,7 +281,7 @@ class NodeCore:
         self._own_progress = np.zeros(self.genesis.shape, dtype=np.float64)
         self.wire = wire or WireEndpoint(identity, network_id)
         self.wire.rejections.listener = self._on_reject
-        self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng)
+        self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng, self._host_of)
         self.liveness = Liveness(dead_after=gossip.dead_after)
         self.scores = scores or PeerScores(
             decay_per_s=gossip.score_decay_per_s, reputation=reputation_rule(gossip)
@@ -488,7 +488,7 @@ class NodeCore:
                 self.memory.first_heard.pop(next(iter(self.memory.first_heard)))
         self.liveness.heard_from(sender, now)
         self._dead_until.pop(sender, None)  # direct contact: alive after all
-        self._addr_of[sender] = addr
+        self._heard_at(sender, addr)
         if isinstance(msg, Hello):  # HelloAck is a subclass
             if self._schema_conflict(sender, msg):
                 # Answer anyway, so that the other side learns why we will not talk to it.
@@ -610,9 +610,7 @@ class NodeCore:
         fresh = [d for d in descs if d.peer_id not in self.view]
         if not fresh or self.sybil.max_per_host is None:
             return descs
-        kept, cut = self.sybil.within_view_cap(
-            fresh, _descriptor_host, (self._host_of(p) for p in self.view.peers())
-        )
+        kept, cut = self.sybil.within_view_cap(fresh, _descriptor_host, self.view.host_counts)
         if cut:
             self._count("host_cap_view", cut)
         keep = {d.peer_id for d in kept}
@@ -627,6 +625,12 @@ class NodeCore:
         desc = self.view.descriptor(peer)
         return _descriptor_host(desc) if desc is not None else None
 
+    def _heard_at(self, peer: bytes, addr: Addr) -> None:
+        """Remember where ``peer``'s datagrams come from (its host for the caps may change)."""
+        if self._addr_of.get(peer) != addr:
+            self._addr_of[peer] = addr
+            self.view.rehost(peer)
+
     def _register_addrs(self, descs: list[PeerDescriptor]) -> None:
         for d in descs:
             if d.peer_id in self._addr_of or d.peer_id == self.identity.peer_id:
@@ -634,6 +638,7 @@ class NodeCore:
             addr = best_endpoint(d.addrs, self.carriers)
             if addr is not None:
                 self._addr_of[d.peer_id] = addr
+                self.view.rehost(d.peer_id)
 
     def _learn(self, desc: PeerDescriptor) -> None:
         if self.scores.is_graylisted(desc.peer_id, self._now) or not self._host_capped([desc]):

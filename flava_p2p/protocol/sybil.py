@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TypeVar
 
@@ -83,22 +83,22 @@ class SybilGuard:
 
     # ------------------------------------------------------------------ caps per host
     def within_view_cap(
-        self, incoming: list[T], host_of: Callable[[T], str | None], in_view: Iterable[str | None]
+        self, incoming: list[T], host_of: Callable[[T], str | None], in_view: Mapping[str, int]
     ) -> tuple[list[T], int]:
         """``incoming`` (descriptors) minus those whose host already fills its view slots,
-        counting the view's current peers and earlier items of ``incoming``; and how many
-        were cut."""
+        counting the view's current peers per host (``in_view``) and earlier items of
+        ``incoming``; and how many were cut."""
         cap = self.max_per_host
         if cap is None:
             return incoming, 0
-        taken = Counter(h for h in in_view if h is not None)
+        added: Counter[str] = Counter()
         kept: list[T] = []
         for item in incoming:
             host = host_of(item)
-            if host is not None and taken[host] >= cap:
-                continue
             if host is not None:
-                taken[host] += 1
+                if in_view.get(host, 0) + added[host] >= cap:
+                    continue
+                added[host] += 1
             kept.append(item)
         return kept, len(incoming) - len(kept)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from flava_p2p.wire.messages import PeerDescriptor
@@ -27,7 +29,13 @@ class ViewEntry:
 class PeerSamplingView:
     """The node's partial view of the network."""
 
-    def __init__(self, me: bytes, size: int, rng: random.Random) -> None:
+    def __init__(
+        self,
+        me: bytes,
+        size: int,
+        rng: random.Random,
+        host_of: Callable[[bytes], str | None] | None = None,
+    ) -> None:
         self.me = me
         self.size = size
         self.rng = rng
@@ -35,6 +43,11 @@ class PeerSamplingView:
         self._order: list[bytes] = []  # PeerIDs kept sorted (bisect), for stable sampling
         self.last_removed: PeerDescriptor | None = None
         """The stored descriptor of the peer the last :meth:`start_shuffle` took out (Q)."""
+        self._host_of = host_of
+        self._host: dict[bytes, str | None] = {}
+        self.host_counts: Counter[str] = Counter()
+        """View peers per host, by ``host_of`` (kept up to date on every change, so the
+        per-host cap costs O(1) per peer instead of a pass over the view)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,11 +72,13 @@ class PeerSamplingView:
         if existing is not None:
             if desc.age <= existing.age:
                 existing.descriptor, existing.age = desc, desc.age
+                self.rehost(desc.peer_id)  # the new descriptor may advertise another host
             return True
         if len(self._entries) >= self.size:
             self._drop(max(self._order, key=lambda p: self._entries[p].age))
         self._entries[desc.peer_id] = ViewEntry(desc, desc.age)
         bisect.insort(self._order, desc.peer_id)
+        self.rehost(desc.peer_id)
         return True
 
     def remove(self, peer: bytes) -> None:
@@ -71,8 +86,31 @@ class PeerSamplingView:
         if peer in self._entries:
             self._drop(peer)
 
+    def rehost(self, peer: bytes) -> None:
+        """Recount ``peer``'s host (call when what ``host_of`` answers for it may change)."""
+        if self._host_of is None or peer not in self._entries:
+            return
+        host = self._host_of(peer)
+        old = self._host.get(peer)
+        if peer in self._host and old == host:
+            return
+        if old is not None:
+            self._uncount(old)
+        self._host[peer] = host
+        if host is not None:
+            self.host_counts[host] += 1
+
+    def _uncount(self, host: str) -> None:
+        self.host_counts[host] -= 1
+        if not self.host_counts[host]:
+            del self.host_counts[host]
+
     def _drop(self, peer: bytes) -> ViewEntry:
         del self._order[bisect.bisect_left(self._order, peer)]
+        if self._host_of is not None:
+            host = self._host.pop(peer, None)
+            if host is not None:
+                self._uncount(host)
         return self._entries.pop(peer)
 
     def sample(self, k: int, exclude: set[bytes] | None = None) -> list[bytes]:
