@@ -125,3 +125,18 @@ class TestImport:
         assert "skipped 3 file(s)" in out and "empty file" in out
         code = sim_main(["dataset", "import", str(tmp_path / "nope"), "--out", "x"])
         assert code == 2
+
+
+def test_a_missing_real_corpus_is_an_error_not_synthesised(tmp_path: Path) -> None:
+    """A scenario on real speech (data.synthesize: false) whose corpus was never imported
+    stops with the import command, and writes nothing there (no espeak stand-in)."""
+    from flava_p2p.errors import FlavaError
+    from flava_p2p.sim.real_learners import ensure_corpus
+
+    missing = tmp_path / "fsdd"
+    with pytest.raises(FlavaError, match="flava-sim dataset import"):
+        ensure_corpus(missing, 0, synthesize=False)
+    assert not missing.exists()
+    missing.mkdir()
+    (missing / "corpus.json").write_text("{}")
+    assert ensure_corpus(missing, 0, synthesize=False) == missing  # imported: used as is

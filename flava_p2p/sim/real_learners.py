@@ -31,10 +31,13 @@ log = structlog.get_logger(__name__)
 Vec = npt.NDArray[np.float32]
 
 
-def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 5) -> Path:
+def ensure_corpus(
+    root: str | Path, seed: int, speakers: int = 60, takes: int = 5, *, synthesize: bool = True
+) -> Path:
     """The corpus at ``root``; voiced with espeak-ng on first use. An existing corpus (imported
     real speech, or a finished synthetic one) is used as it is; only a missing or empty folder,
-    or a synthesis that was interrupted (its marker file is still there), is (re)generated."""
+    or a synthesis that was interrupted (its marker file is still there), is (re)generated —
+    and only when ``synthesize``; a missing real-speech corpus is an error."""
     from flava_p2p.speech.synth import INCOMPLETE_MARKER
 
     path = Path(root)
@@ -42,6 +45,13 @@ def ensure_corpus(root: str | Path, seed: int, speakers: int = 60, takes: int = 
         return path
     if path.is_dir() and any(path.iterdir()) and not (path / INCOMPLETE_MARKER).exists():
         return path
+    if not synthesize:
+        raise FlavaError(
+            f"data.corpus {str(path)!r} is missing or empty, and this scenario trains on real "
+            "speech (data.synthesize: false), so it is not voiced with espeak-ng. Import it "
+            f"first, e.g. `flava-sim dataset import <recordings> --out {path}` (the scenario's "
+            "header gives the exact command), or point data.corpus at an imported corpus."
+        )
     from flava_p2p.speech.synth import synthesize_corpus
 
     log.info("generating the synthetic corpus (first use)", out=str(path), takes=takes)
@@ -80,7 +90,13 @@ class RealLearners:
 
         torch.set_num_threads(sc.learner.threads)
         _quiet_known_warnings()
-        root = ensure_corpus(sc.data.corpus, 0, sc.data.synth_speakers, sc.data.synth_takes)
+        root = ensure_corpus(
+            sc.data.corpus,
+            0,
+            sc.data.synth_speakers,
+            sc.data.synth_takes,
+            synthesize=sc.data.synthesize,
+        )
         task = load_task(sc.data.task) if sc.data.task else None
         labels = task.labels if task else None
         # Clips are encoded once, here, before any worker starts (workers hit the cache): use

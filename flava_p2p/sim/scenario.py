@@ -181,6 +181,9 @@ class DataSpec(_Strict):
 
     corpus: str = "data/synth"
     """Speech Commands layout; voiced with espeak-ng on first use if missing (see synth_*)."""
+    synthesize: bool = True
+    """Voice a missing ``corpus`` with espeak-ng. False for real speech (an imported corpus):
+    a missing one is then an error saying how to import it, never a synthetic stand-in."""
     synth_speakers: int = Field(default=60, ge=2)
     synth_takes: int = Field(default=5, ge=1)
     """Takes per speaker and word when the corpus has to be generated."""
