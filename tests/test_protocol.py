@@ -318,9 +318,11 @@ def test_tiny_networks_work(n: int) -> None:
         assert len(set(node.view.peers()) | set(node._pending_shuffle)) == n - 1
 
 
-def test_unknown_but_authenticated_sender_gets_introduced_not_penalised() -> None:
+def test_unknown_sender_gets_introduced_not_penalised() -> None:
     """A learns of B first (peer sampling); B must answer A's first message with a HELLO
-    rather than count A as misbehaving, after which both hold each other's keys."""
+    rather than count A as misbehaving, after which both hold each other's keys. Such a
+    datagram is not authenticated (B lacks the key), so a flood of them from one address gets
+    one HELLO per shuffle period and is not counted against the address."""
     import random
 
     from flava_p2p.sim.virtual_network import VirtualNetwork
@@ -351,6 +353,20 @@ def test_unknown_but_authenticated_sender_gets_introduced_not_penalised() -> Non
     node_b = net.nodes[1]
     assert node_b.counters.get("hello_to_unknown_sender", 0) >= 1
     assert not any(k.startswith("penalty_") for k in node_b.counters)
+
+    from flava_p2p.wire.endpoint import WireEndpoint
+    from flava_p2p.wire.messages import Ping
+
+    stranger = WireEndpoint(Identity.from_seed(bytes([78]) * 32), "t")
+    stranger.add_peer(b.keys)
+    before = node_b.counters.get("hello_to_unknown_sender", 0)
+    now = net.now
+    for i in range(20):
+        for d in stranger.seal(b.peer_id, Ping(i), now):
+            node_b.receive(d, ("10.9.9.9", 4000), now)
+    assert node_b.counters["hello_to_unknown_sender"] == before + 1
+    assert node_b.wire.rejections.for_source("addr:10.9.9.9:4000") == {"unknown_sender": 20}
+    assert not node_b.scores.addr_graylisted("addr:10.9.9.9:4000", now)
     assert ids[0].peer_id in node_b.view
     assert node_b.wire.knows(ids[0].peer_id)
 

@@ -38,13 +38,14 @@ FULL = {
 class TestDeterminism:
     def test_fast_wire_changes_only_bytes(self) -> None:
         """``wire: fast`` skips signatures and encryption and nothing else: the same
-        datagrams are delivered and the same models learned; only byte counts shrink."""
+        datagrams, of the same sizes, are delivered and the same models learned."""
         real = Simulation(scenario(nodes=8, rounds=4)).run()
         fast = Simulation(scenario(nodes=8, rounds=4, wire="fast")).run()
         assert real["wire"] == "real" and fast["wire"].startswith("fast (unsealed")
         keep = ("delivered", "dropped", "honest_mean_acc", "consensus_distance", "rejections")
+        keep += ("bytes_sent",)
         assert {k: fast["final"][k] for k in keep} == {k: real["final"][k] for k in keep}
-        assert 0 < fast["final"]["bytes_sent"] < real["final"]["bytes_sent"]
+        assert real["final"]["bytes_sent"] > 0
 
     @pytest.mark.slow  # subprocesses / long run: `scripts/test.sh --slow`
     def test_same_seed_gives_byte_identical_metrics(self, tmp_path: Path) -> None:
@@ -262,7 +263,9 @@ class TestFaults:
         rej = s["final"]["rejections"]
         sent = s["faults_sent"]
         assert sent["forged"] > 10 and sent["replay"] > 10 and sent["malformed"] > 10
-        assert rej.get("bad_signature", 0) >= 0.8 * sent["forged"]
+        # a forged PING fails its AEAD tag, or finds its claimed sender unknown to the target
+        forged_refused = rej.get("bad_auth", 0) + rej.get("unknown_sender", 0)
+        assert rej.get("bad_auth", 0) > 0 and forged_refused >= 0.8 * sent["forged"]
         assert rej.get("replay", 0) >= 0.8 * sent["replay"]
         assert s["final"]["honest_mean_acc"] > 0.6
 

@@ -207,41 +207,88 @@ class TestTampering:
         assert b.rejections.by_reason() == {"stale_timestamp": 1, "future_timestamp": 1}
 
     def test_c_cannot_read_or_accept_message_for_b(self) -> None:
-        """A→B traffic delivered to C is refused, and C's keys cannot open the Box."""
+        """A→B traffic delivered to C is refused, and C's keys cannot open the seal."""
         a, _b, c = endpoints()
         (d,) = a.seal(B.peer_id, Ping(7), NOW)
         assert deliver(c, [d]) == []
         assert c.rejections.by_reason() == {"wrong_recipient": 1}
         env = parse(d[1:], 1 << 20)
+        assert env.header.sealed and env.signature == b""
+        assert msgpack.packb(Ping(7).to_wire()) not in env.payload  # not in clear
         from nacl.public import Box, PublicKey
 
-        with pytest.raises(env_mod.EnvelopeError, match="decrypt_failed"):
-            env_mod.decrypt(env, Box(C.box_key, PublicKey(A.keys.box_key)))
+        c_pair = env_mod.PairKeys.derive(Box(C.box_key, PublicKey(A.keys.box_key)).shared_key())
+        with pytest.raises(env_mod.EnvelopeError, match="bad_auth"):
+            env_mod.open_sealed(env, c_pair)
+        a_pair = env_mod.PairKeys.derive(Box(B.box_key, PublicKey(A.keys.box_key)).shared_key())
+        assert env_mod.open_sealed(env, a_pair) == msgpack.packb(Ping(7).to_wire())
 
-    def test_resigned_with_another_key_rejected(self) -> None:
-        """C re-signs A's envelope (as A, or claiming to be itself): both are rejected."""
+    def test_resealed_with_another_key_rejected(self) -> None:
+        """C re-seals A's header to B with its own key (claiming to be A, or itself while
+        unknown to B), or changes a header field: nothing is accepted, nobody honest blamed."""
+        from nacl.public import Box, PublicKey
+
         a, b, _ = endpoints()
         (d,) = a.seal(B.peer_id, Ping(9), NOW)
         env = parse(d[1:], 1 << 20)
-        for sender in (A.peer_id, C.peer_id):
-            h = Header(**{**env.header.__dict__, "sender": sender})
-            hb = h.encode()
-            sig = C.signing_key.sign(DOMAIN + hb).signature
-            forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
-            assert deliver(b, [forged]) == []
-        assert b.rejections.by_reason() == {"bad_signature": 1, "decrypt_failed": 1}
+        c_pair = env_mod.PairKeys.derive(Box(C.box_key, PublicKey(B.keys.box_key)).shared_key())
+        plain = msgpack.packb(Ping(9).to_wire())
+        fields = {k: v for k, v in env.header.__dict__.items() if not k.startswith("payload")}
+        # the genuine seal under a changed round: the tag covers the header
+        tampered = Header(**{**env.header.__dict__, "round": 5}).encode()
+        forged = [
+            KIND_ENVELOPE + env_mod.seal_envelope(c_pair, {**fields, "seq": 10**6}, plain),
+            KIND_ENVELOPE + len(tampered).to_bytes(2, "big") + tampered + env.payload,
+        ]
+        assert deliver(b, forged) == []
+        assert b.rejections.by_reason() == {"bad_auth": 2}
+        assert all(src.startswith("addr:") for src, _ in b.rejections.counts)
+        assert deliver(b, [d]) == [Ping(9)]  # the genuine one still passes afterwards
+
+    def test_signed_hello_cannot_be_resigned_by_another_key(self) -> None:
+        """C re-signs A's HELLO claiming to be A: the signature does not check out."""
+        a, b, _ = endpoints()
+        (d,) = a.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW)
+        env = parse(d[1:], 1 << 20)
+        assert not env.header.sealed and len(env.signature) == 64
+        hb = env.header_bytes
+        sig = C.signing_key.sign(DOMAIN + hb).signature
+        forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
+        assert deliver(b, [forged]) == []
+        assert b.rejections.by_reason() == {"bad_signature": 1}
+
+    def test_kind_must_match_type(self) -> None:
+        """A PING framed as a signed envelope (or a HELLO as a sealed one) is refused: the
+        kind follows from the type, so nobody can downgrade a sealed type to a signed one."""
+        from nacl.public import Box, PublicKey
+
+        a, b, _ = endpoints()
+        (d,) = a.seal(B.peer_id, Ping(4), NOW)
+        fields = {
+            k: v
+            for k, v in parse(d[1:], 1 << 20).header.__dict__.items()
+            if not k.startswith("payload")
+        }
+        signed_ping = env_mod.sign_envelope(A.signing_key, fields, msgpack.packb([4]))
+        pair = env_mod.PairKeys.derive(Box(A.box_key, PublicKey(B.keys.box_key)).shared_key())
+        hello = Hello(A.keys.box_key, A.keys.box_key_sig)
+        sealed_hello = env_mod.seal_envelope(
+            pair, {**fields, "type": int(hello.TYPE), "seq": 99}, msgpack.packb(hello.to_wire())
+        )
+        assert deliver(b, [KIND_ENVELOPE + signed_ping, KIND_ENVELOPE + sealed_hello]) == []
+        assert b.rejections.by_reason() == {"malformed": 2}
 
     def test_non_canonical_header_rejected(self) -> None:
         """A header re-encoded non-minimally (same values) is refused: no malleability."""
         a, b, _ = endpoints()
-        (d,) = a.seal(B.peer_id, Ping(3), NOW)
-        env = parse(d[1:], 1 << 20)
-        fields = list(msgpack.unpackb(env.header_bytes))
-        hb = b"\xdc\x00\x0b" + b"".join(msgpack.packb(f) for f in fields)  # array16 header
-        sig = A.signing_key.sign(DOMAIN + hb).signature
-        forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
-        assert deliver(b, [forged]) == []
-        assert b.rejections.by_reason() == {"malformed": 1}
+        for d in (a.seal(B.peer_id, Ping(3), NOW)[0], a.seal(None, Hello(b"k" * 32, b""), NOW)[0]):
+            env = parse(d[1:], 1 << 20)
+            fields = list(msgpack.unpackb(env.header_bytes))
+            hb = b"\xdc\x00\x0b" + b"".join(msgpack.packb(f) for f in fields)  # array16 header
+            sig = A.signing_key.sign(DOMAIN + hb).signature if env.signature else b""
+            forged = KIND_ENVELOPE + len(hb).to_bytes(2, "big") + hb + sig + env.payload
+            assert deliver(b, [forged]) == []
+        assert b.rejections.by_reason() == {"malformed": 2}
 
 
 class TestAdmission:
@@ -434,8 +481,13 @@ class TestUnsealedEndpoint:
         (datagram,) = a.seal(B.peer_id, msg, NOW)
         assert deliver(b, [datagram]) == [msg]
         env = parse(datagram[1:], 1 << 20)
-        assert env.signature == bytes(64)
-        assert msgpack.unpackb(env.payload) == msg.to_wire()
+        assert env.header.sealed and env.signature == b""
+        assert env.payload == bytes(24) + msgpack.packb(msg.to_wire()) + bytes(16)
+        real = WireEndpoint(A, "testnet")
+        real.add_peer(B.keys)
+        assert len(real.seal(B.peer_id, msg, NOW)[0]) == len(datagram)  # same sizes as real
+        (hello,) = a.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW)
+        assert parse(hello[1:], 1 << 20).signature == bytes(64)
         assert deliver(b, [datagram]) == []  # the replay window still holds
         assert b.rejections.by_reason() == {"replay": 1}
 
@@ -447,4 +499,6 @@ class TestUnsealedEndpoint:
         fast.add_peer(B.keys)
         _, real_b, _ = endpoints()
         assert deliver(real_b, fast.seal(B.peer_id, Ping(nonce=1), NOW)) == []
-        assert real_b.rejections.by_reason() == {"bad_signature": 1}
+        hello = fast.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW)
+        assert deliver(real_b, hello) == []
+        assert real_b.rejections.by_reason() == {"bad_auth": 1, "bad_signature": 1}

@@ -309,7 +309,7 @@ class NodeCore:
         self._dead_until: dict[bytes, float] = {}
         self._sends: list[Send] = []
         self._rx_addr: Addr | None = None
-        self._introduced: dict[bytes, float] = {}
+        self._introduced: dict[Addr, float] = {}
         self._announced: set[bytes] = set()  # peers reported by PeerJoined and not gone since
         self._events: list[Event] = []
         self._now = self._next_gossip = self._next_shuffle = self._next_ping = 0.0
@@ -535,9 +535,9 @@ class NodeCore:
         if self.sybil.proven(sender):
             return True
         # A peer we never admitted, or forgot (a restart, or the bounded memory of checked
-        # nonces): ask for its HELLO, which carries the work (rate-limited per peer).
+        # nonces): ask for its HELLO, which carries the work (rate-limited per address).
         self._count("unadmitted_sender")
-        self._introduce(sender)
+        self._introduce()
         return False
 
     def _on_delta(self, sender: bytes, msg: Delta, inbound: Inbound, now: float) -> None:
@@ -893,6 +893,14 @@ class NodeCore:
                 self._drop_peer(peer, "graylisted")
 
     def _on_reject(self, source: str, reason: str) -> None:
+        if reason == "unknown_sender":
+            # A sealed datagram from a peer whose keys we lack: it heard of us through peer
+            # sampling before we heard of it. That is normal in networks larger than a view,
+            # so introduce ourselves (it answers with its keys) instead of counting it against
+            # the address. Nothing is authenticated yet, so the answer is bounded per address:
+            # at most one HELLO per shuffle period.
+            self._introduce()
+            return
         if source.startswith("addr:"):
             if self.scores.addr_rejected(source, self._now):
                 self._events.append(Graylisted(source))
@@ -901,23 +909,16 @@ class NodeCore:
             peer = peer_id_from_str(source)
         except IdentityError:
             return
-        if reason == "unknown_sender":
-            # The signature checked out, but we lack the sender's encryption key: it heard of us
-            # through peer sampling before we heard of it. That is normal in networks larger
-            # than a view, so introduce ourselves (it answers with its keys) instead of
-            # penalising an honest peer. At most one HELLO per peer per shuffle period.
-            self._introduce(peer)
-            return
         self._penalize(peer, reason, self._now)
 
-    def _introduce(self, peer: bytes) -> None:
+    def _introduce(self) -> None:
         addr = self._rx_addr
         if (
             addr is None
-            or self._introduced.get(peer, -1e18) > self._now - self.cfg.shuffle_period_s
+            or self._introduced.get(addr, -1e18) > self._now - self.cfg.shuffle_period_s
         ):
             return
-        self._introduced[peer] = self._now
+        self._introduced[addr] = self._now
         if len(self._introduced) > 4 * self.cfg.view_size + 64:  # bounded
             self._introduced.pop(next(iter(self._introduced)))
         self._count("hello_to_unknown_sender")

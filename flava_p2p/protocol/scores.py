@@ -1,6 +1,6 @@
 """Peer scores and graylisting, fed by authenticated wire rejections and aggregation outliers.
 
-Only failures that can be attributed (after a signature or pairwise MAC verified) lower a
+Only failures that can be attributed (after a signature, AEAD tag or pairwise MAC verified) lower a
 peer's score; unauthenticated garbage is charged to the source *address*, which is graylisted
 by rate so a flooder costs little. Scores decay back towards zero so a peer recovers from a
 transient fault.
@@ -22,7 +22,6 @@ from typing import Any
 PENALTIES: dict[str, float] = {
     "bad_payload": 5.0,
     "bad_tensor": 5.0,
-    "decrypt_failed": 5.0,
     "identity_mismatch": 5.0,
     "bad_fragment": 3.0,
     "schema_mismatch": 2.0,

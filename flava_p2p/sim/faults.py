@@ -2,8 +2,8 @@
 replayed, malformed or flooding datagrams (``faults:`` in a scenario).
 
 Byzantine *nodes* run their network attacks through ``attacks/network.py``, as real nodes do;
-these hosts are different: they hold no identity in the network (a forger signs with its own
-key while claiming an honest node's PeerID) and sniff honest traffic to replay it.
+these hosts are different: they hold no identity in the network (a forger seals with its own
+X25519 key while claiming an honest node's PeerID) and sniff honest traffic to replay it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nacl.signing import SigningKey
+from nacl.public import Box, PrivateKey, PublicKey
 
 from flava_p2p.wire.endpoint import KIND_ENVELOPE
-from flava_p2p.wire.envelope import VERSION, seal
+from flava_p2p.wire.envelope import VERSION, PairKeys, seal_envelope
 from flava_p2p.wire.messages import MsgType
 
 #: Datagrams in one flood firing of a rogue host.
@@ -34,16 +34,18 @@ class RogueHost:
 
 
 def forged_ping(
-    key: SigningKey,
+    key: PrivateKey,
     *,
     network_id: str,
     claimed_sender: bytes,
     recipient: bytes,
+    recipient_box_key: bytes,
     now: float,
     rng: random.Random,
 ) -> bytes:
     """A well-formed PING envelope claiming to come from ``claimed_sender``, with a fresh seqno
-    (so it passes the replay guard) but signed by ``key``: only the signature check stops it."""
+    (so it passes the replay guard), sealed for ``recipient`` with the forger's own X25519
+    ``key``: only the AEAD tag check stops it."""
     fields: dict[str, object] = {
         "version": VERSION,
         "type": int(MsgType.PING),
@@ -55,7 +57,8 @@ def forged_ping(
         "round": 0,
         "schema": b"",
     }
-    return KIND_ENVELOPE + seal(key, fields, rng.randbytes(48), None)
+    pair = PairKeys.derive(Box(key, PublicKey(recipient_box_key)).shared_key())
+    return KIND_ENVELOPE + seal_envelope(pair, fields, rng.randbytes(48))
 
 
 def garbage(rng: random.Random) -> bytes:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 import yaml
-from nacl.signing import SigningKey
+from nacl.public import PrivateKey
 
 from flava_p2p.attacks import parse_attack
 from flava_p2p.attacks.network import NetworkAttacker
@@ -280,7 +280,7 @@ class Simulation(RunLoop):
         self._faults: list[RogueHost] = []
         self._attackers: dict[int, NetworkAttacker] = {}
         self._attack_sent: Counter[str] = Counter()
-        self._forger_key = SigningKey(hashlib.sha256(f"forger/{self.seed}".encode()).digest())
+        self._forger_key = PrivateKey(hashlib.sha256(f"forger/{self.seed}".encode()).digest())
         self._events: Counter[str] = Counter()
         self.period = sc.gossip.period_s
         self.horizon = sc.rounds * self.period
@@ -504,6 +504,7 @@ class Simulation(RunLoop):
                 network_id=NETWORK_ID,
                 claimed_sender=self.identities[victim].peer_id,
                 recipient=self.identities[target].peer_id,
+                recipient_box_key=self.identities[target].keys.box_key,
                 now=self.net.now,
                 rng=rng,
             )

@@ -2,13 +2,14 @@
 
 Receive path, cheapest check first::
 
-    size cap → network-key MAC → parse header → version/network/type/recipient → time window →
-    seqno/seen cache → signature → decrypt → safe decode → dtype/shape/finite (DELTA vectors)
+    size cap → network-key MAC → parse header → version/network/type/recipient/kind → time
+    window → seqno/seen cache → signature (first contact) or AEAD open (everything else) →
+    safe decode → dtype/shape/finite (DELTA vectors)
 
 Every rejection is counted by (source, reason). The source is the PeerID once the datagram is
-authenticated (signature or pairwise MAC verified), otherwise the network address it came from —
-so a forger cannot get an honest peer blamed. Replay state is committed only after the signature
-verified. Time is always an argument; randomness is never needed.
+authenticated (signature, AEAD tag or pairwise MAC verified), otherwise the network address it
+came from — so a forger cannot get an honest peer blamed. Replay state is committed only after
+authentication. Time is always an argument; randomness is never needed.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from flava_p2p.wire.envelope import (
     VERSION,
     EnvelopeError,
     Header,
+    PairKeys,
     ParsedEnvelope,
-    decrypt,
+    open_sealed,
     parse,
-    seal,
+    seal_envelope,
+    sign_envelope,
     verify,
 )
 from flava_p2p.wire.messages import (
@@ -101,27 +104,30 @@ class RejectionCounter:
 
 
 class _Known:
-    """A verified peer; its X25519 shared key is computed on first use (a large network
+    """A verified peer; the X25519 exchange with it is done on first use (a large network
     learns of many more peers through exchanges than it ever talks to)."""
 
-    __slots__ = ("_box", "_frag_key", "_own", "keys")
+    __slots__ = ("_frag_key", "_own", "_pair", "keys")
 
     def __init__(self, keys: PeerKeys, own: PrivateKey) -> None:
         self.keys = keys
         self._own = own
-        self._box: Box | None = None
+        self._pair: PairKeys | None = None
         self._frag_key = b""
 
     @property
-    def box(self) -> Box:
-        if self._box is None:
-            self._box = Box(self._own, PublicKey(self.keys.box_key))
-            self._frag_key = fr.pair_mac_key(self._box.shared_key())
-        return self._box
+    def pair(self) -> PairKeys:
+        """The envelope keys shared with this peer."""
+        if self._pair is None:
+            shared = Box(self._own, PublicKey(self.keys.box_key)).shared_key()
+            self._pair = PairKeys.derive(shared)
+            self._frag_key = fr.pair_mac_key(shared)
+        return self._pair
 
     @property
     def frag_key(self) -> bytes:
-        _ = self.box  # derives the pairwise MAC key with the shared key
+        """The fragment/NACK MAC key shared with this peer."""
+        _ = self.pair  # derived from the same exchange
         return self._frag_key
 
 
@@ -179,22 +185,24 @@ class WireEndpoint:
         return k.keys if k else None
 
     # ------------------------------------------------------------------ cryptography
-    # The four places the wire touches public-key cryptography, as methods so that the
-    # simulator's explicitly labelled unsealed endpoint (sim/fast_wire.py) can skip them.
+    # The four places the wire touches cryptography, as methods so that the simulator's
+    # explicitly labelled unsealed endpoint (sim/fast_wire.py) can skip them.
     def _check_keys(self, keys: PeerKeys) -> None:
         keys.check()
 
     def _seal_envelope(
         self, fields: dict[str, object], plaintext: bytes, to: _Known | None
     ) -> bytes:
-        return seal(self.identity.signing_key, fields, plaintext, to.box if to else None)
+        if to is None:  # first contact: signed, in clear
+            return sign_envelope(self.identity.signing_key, fields, plaintext)
+        return seal_envelope(to.pair, fields, plaintext)
 
     def _verify(self, env: ParsedEnvelope) -> None:
         # Ed25519 PeerIDs embed their public key: the signature needs no directory lookup.
         verify(env, verify_key_from_peer_id(env.header.sender))
 
-    def _decrypt(self, env: ParsedEnvelope, known: _Known) -> bytes:
-        return decrypt(env, known.box)
+    def _open(self, env: ParsedEnvelope, known: _Known) -> bytes:
+        return open_sealed(env, known.pair)
 
     # ------------------------------------------------------------------ sending
     def seal(
@@ -330,30 +338,38 @@ class WireEndpoint:
         plaintext_type = h.type in PLAINTEXT_TYPES
         if h.recipient != self.identity.peer_id and not (plaintext_type and not h.recipient):
             raise _Reject(addr, "wrong_recipient")
+        if h.sealed == plaintext_type:  # first contact must be signed, the rest sealed
+            raise _Reject(addr, "malformed")
         now_ms = int(now * 1000)
         stale = self.replay.check(h.sender, h.seq, h.timestamp_ms, now_ms)
         if stale:
             raise _Reject(addr, stale)
-        try:
-            self._verify(env)
-        except IdentityError:
-            raise _Reject(addr, "malformed") from None
-        except EnvelopeError as exc:
-            raise _Reject(addr, exc.reason) from None
+        plaintext = self._authenticate(env, addr)
         source = peer_id_to_str(h.sender)
-        if plaintext_type:
-            plaintext = env.payload
-        else:
-            known = self._peers.get(h.sender)
-            if known is None:
-                raise _Reject(source, "unknown_sender")
-            try:
-                plaintext = self._decrypt(env, known)
-            except EnvelopeError as exc:
-                raise _Reject(source, exc.reason) from None
         self.replay.commit(h.sender, h.seq, now_ms)
         message, vector = self._decode(h, plaintext, source)
         return [Inbound(h.sender, h, message, vector)]
+
+    def _authenticate(self, env: ParsedEnvelope, addr: str) -> bytes:
+        """The plaintext of an envelope whose signature (signed) or tag (sealed) checks out;
+        failures are charged to the address, as nothing is attributable before this."""
+        if not env.header.sealed:
+            try:
+                self._verify(env)
+            except IdentityError:
+                raise _Reject(addr, "malformed") from None
+            except EnvelopeError as exc:
+                raise _Reject(addr, exc.reason) from None
+            return env.payload
+        known = self._peers.get(env.header.sender)
+        if known is None:
+            # Not attributable (only the claimed sender's key could tell), but normal in a
+            # network larger than a view: the node answers the address with a HELLO.
+            raise _Reject(addr, "unknown_sender")
+        try:
+            return self._open(env, known)
+        except EnvelopeError as exc:
+            raise _Reject(addr, exc.reason) from None
 
     def _decode(
         self, h: Header, plaintext: bytes, source: str
