@@ -42,8 +42,14 @@ class TestDeterminism:
         real = Simulation(scenario(nodes=8, rounds=4)).run()
         fast = Simulation(scenario(nodes=8, rounds=4, wire="fast")).run()
         assert real["wire"] == "real" and fast["wire"].startswith("fast (unsealed")
-        keep = ("delivered", "dropped", "honest_mean_acc", "consensus_distance", "rejections")
-        keep += ("bytes_sent",)
+        keep = (
+            "delivered",
+            "dropped",
+            "honest_mean_acc",
+            "consensus_distance",
+            "rejections",
+            "bytes_sent",
+        )
         assert {k: fast["final"][k] for k in keep} == {k: real["final"][k] for k in keep}
         assert real["final"]["bytes_sent"] > 0
 

@@ -17,7 +17,7 @@ from flava_p2p.config import Compression
 from flava_p2p.identity import Identity
 from flava_p2p.sim.lossy_link import send_over_lossy_link
 from flava_p2p.wire import envelope as env_mod
-from flava_p2p.wire.endpoint import KIND_ENVELOPE, WireEndpoint
+from flava_p2p.wire.endpoint import KIND_ENVELOPE, KIND_INTRO, WireEndpoint
 from flava_p2p.wire.envelope import DOMAIN, Header, parse
 from flava_p2p.wire.fragments import Reassembler
 from flava_p2p.wire.messages import (
@@ -40,13 +40,22 @@ SCHEMA = b"s" * 32
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def endpoints(network_key: bytes | None = None) -> tuple[WireEndpoint, WireEndpoint, WireEndpoint]:
-    """A, B and C, where A and B know each other and C knows both."""
+def endpoints(
+    network_key: bytes | None = None, *, talked: bool = True
+) -> tuple[WireEndpoint, WireEndpoint, WireEndpoint]:
+    """A, B and C, who all know each other's keys; with ``talked``, each has already received
+    a sealed PING from each other one, so their envelopes carry no intro."""
     eps = tuple(WireEndpoint(i, "testnet", network_key=network_key) for i in (A, B, C))
     for ep in eps:
         for other in (A, B, C):
             if other is not ep.identity:
                 ep.add_peer(other.keys)
+    if talked:
+        for x in eps:
+            for y in eps:
+                if x is not y:
+                    (d,) = x.seal(y.identity.peer_id, Ping(0), NOW - 1)
+                    assert y.receive(d, NOW - 1)
     return eps  # type: ignore[return-value]
 
 
@@ -291,6 +300,55 @@ class TestTampering:
         assert b.rejections.by_reason() == {"malformed": 2}
 
 
+class TestIntro:
+    """A first sealed datagram to a peer carries our keys and work nonce (KIND_INTRO)."""
+
+    def test_a_stranger_opens_it_and_learns_our_keys(self) -> None:
+        """B never heard of A: A's intro lets B check A's keys and open the PING at once;
+        once B has sealed something back, A's envelopes carry no intro any more."""
+        a = WireEndpoint(A, "testnet")
+        a.intro_work = b"w" * 8
+        b = WireEndpoint(B, "testnet")
+        a.add_peer(B.keys)
+        (d,) = a.seal(B.peer_id, Ping(1), NOW)
+        assert d[:1] == KIND_INTRO
+        (inbound,) = b.receive(d, NOW)
+        assert inbound.message == Ping(1) and inbound.introduced and inbound.work == b"w" * 8
+        assert b.peer_keys(A.peer_id) == A.keys
+        (back,) = b.seal(A.peer_id, Pong(1), NOW)
+        assert back[:1] == KIND_ENVELOPE  # A sent B something sealed: A holds B's keys
+        assert deliver(a, [back]) == [Pong(1)]
+        assert a.seal(B.peer_id, Ping(2), NOW)[0][:1] == KIND_ENVELOPE
+
+    @PROPS
+    @given(data=st.data())
+    def test_any_single_bit_flip_is_rejected(self, data: st.DataObject) -> None:
+        """The intro is covered by the envelope's tag: a flipped bit anywhere, intro
+        included, costs one counted rejection and teaches the stranger nothing false."""
+        a = WireEndpoint(A, "testnet")
+        a.intro_work = b"w" * 8
+        a.add_peer(B.keys)
+        (d,) = a.seal(B.peer_id, Ping(1), NOW)
+        bit = data.draw(st.integers(8, 8 * len(d) - 1))  # the kind byte aside
+        flipped = bytearray(d)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        b = WireEndpoint(B, "testnet")
+        assert b.receive(bytes(flipped), NOW) == []
+        assert b.rejections.total() == 1
+        assert b.peer_keys(A.peer_id) in (None, A.keys)
+        assert deliver(b, [d]) == [Ping(1)]  # the genuine one still passes afterwards
+
+    def test_someone_elses_key_in_the_intro_is_refused(self) -> None:
+        """C introduces itself with A's key binding: it does not match C's PeerID."""
+        c = WireEndpoint(C, "testnet")
+        c.add_peer(B.keys)
+        (d,) = c.seal(B.peer_id, Ping(1), NOW)
+        forged = d[:1] + A.keys.box_key + A.keys.box_key_sig + d[97:]
+        b = WireEndpoint(B, "testnet")
+        assert b.receive(forged, NOW, "x") == [] and not b.knows(C.peer_id)
+        assert b.rejections.by_reason() == {"identity_mismatch": 1}
+
+
 class TestAdmission:
     def test_without_network_key_rejected_before_parsing(
         self, monkeypatch: pytest.MonkeyPatch
@@ -480,7 +538,8 @@ class TestUnsealedEndpoint:
         msg = Ping(nonce=7)
         (datagram,) = a.seal(B.peer_id, msg, NOW)
         assert deliver(b, [datagram]) == [msg]
-        env = parse(datagram[1:], 1 << 20)
+        assert datagram[:1] == KIND_INTRO  # first contact: our keys ride along (97 bytes)
+        env = parse(datagram[1 + 97 :], 1 << 20)
         assert env.header.sealed and env.signature == b""
         assert env.payload == bytes(24) + msgpack.packb(msg.to_wire()) + bytes(16)
         real = WireEndpoint(A, "testnet")
@@ -497,7 +556,7 @@ class TestUnsealedEndpoint:
 
         fast = UnsealedEndpoint(A, "testnet")
         fast.add_peer(B.keys)
-        _, real_b, _ = endpoints()
+        _, real_b, _ = endpoints(talked=False)
         assert deliver(real_b, fast.seal(B.peer_id, Ping(nonce=1), NOW)) == []
         hello = fast.seal(None, Hello(A.keys.box_key, A.keys.box_key_sig), NOW)
         assert deliver(real_b, hello) == []

@@ -280,7 +280,8 @@ class NodeCore:
         # cannot move it, unlike the model itself (see screens.direction_reference).
         self._own_progress = np.zeros(self.genesis.shape, dtype=np.float64)
         self.wire = wire or WireEndpoint(identity, network_id)
-        self.wire.rejections.listener = self._on_reject
+        # first contacts introduce us with our work nonce; rejections feed the scores
+        self.wire.intro_work, self.wire.rejections.listener = self.sybil.own_work, self._on_reject
         self.view = PeerSamplingView(identity.peer_id, gossip.view_size, rng, self._host_of)
         self.liveness = Liveness(dead_after=gossip.dead_after)
         self.scores = scores or PeerScores(
@@ -480,15 +481,13 @@ class NodeCore:
     # ------------------------------------------------------------------ handlers
     def _handle(self, inbound: Inbound, addr: Addr, now: float) -> None:
         sender, msg = inbound.sender, inbound.message
-        if not self._admitted(sender, msg):
+        if not self._admitted(sender, msg, inbound.work):
             return
         if self.cfg.trust_ramp_s > 0 and sender not in self.memory.first_heard:
             self.memory.first_heard[sender] = now
             if len(self.memory.first_heard) > 4096:  # bounded: the oldest acquaintance goes
                 self.memory.first_heard.pop(next(iter(self.memory.first_heard)))
-        self.liveness.heard_from(sender, now)
-        self._dead_until.pop(sender, None)  # direct contact: alive after all
-        self._heard_at(sender, addr)
+        self._heard_from(inbound, addr, now)
         if isinstance(msg, Hello):  # HelloAck is a subclass
             if self._schema_conflict(sender, msg):
                 # Answer anyway, so that the other side learns why we will not talk to it.
@@ -524,15 +523,18 @@ class NodeCore:
         elif isinstance(msg, Delta):
             self._on_delta(sender, msg, inbound, now)
 
-    def _admitted(self, sender: bytes, msg: Message) -> bool:
+    def _admitted(self, sender: bytes, msg: Message, work: bytes = b"") -> bool:
         """Identity work: a HELLO must carry a valid nonce; anything else is heard only from
-        peers admitted before (by HELLO or through a checked descriptor)."""
+        peers admitted before (by HELLO or through a checked descriptor) or introducing
+        themselves with a valid nonce (``work``)."""
         if isinstance(msg, Hello):
             if self.sybil.admit(sender, msg.work):
                 return True
             self._count("identity_work_missing")
             return False
         if self.sybil.proven(sender):
+            return True
+        if work and self.sybil.admit(sender, work):
             return True
         # A peer we never admitted, or forgot (a restart, or the bounded memory of checked
         # nonces): ask for its HELLO, which carries the work (rate-limited per address).
@@ -625,11 +627,17 @@ class NodeCore:
         desc = self.view.descriptor(peer)
         return _descriptor_host(desc) if desc is not None else None
 
-    def _heard_at(self, peer: bytes, addr: Addr) -> None:
-        """Remember where ``peer``'s datagrams come from (its host for the caps may change)."""
+    def _heard_from(self, inbound: Inbound, addr: Addr, now: float) -> None:
+        """A peer talked to us: alive, reachable at ``addr`` (its host for the caps may
+        change), and in our view if it introduced itself (what its HELLO would have done)."""
+        peer = inbound.sender
+        self.liveness.heard_from(peer, now)
+        self._dead_until.pop(peer, None)  # direct contact: alive after all
         if self._addr_of.get(peer) != addr:
             self._addr_of[peer] = addr
             self.view.rehost(peer)
+        if inbound.introduced and peer not in self.view:
+            self._learn_direct(peer)
 
     def _register_addrs(self, descs: list[PeerDescriptor]) -> None:
         for d in descs:

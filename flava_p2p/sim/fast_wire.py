@@ -5,9 +5,9 @@ exactly the cryptography of :class:`~flava_p2p.wire.endpoint.WireEndpoint` — t
 signature of first-contact envelopes and its verification, the X25519 exchange, the
 XChaCha20-Poly1305 sealing of every other envelope, and the check of a peer's signed encryption
 key — and keeps everything else: envelopes of the same sizes (a zero signature; a zero nonce
-and tag around the payload in clear), the same parsing, network-key MAC, replay window,
-fragmentation with its pairwise MACs, safe decoding and tensor validation. Every run that uses
-it says so in its summary (``"wire": "fast (unsealed)"``).
+and tag around the payload in clear; the same intros), the same parsing, network-key MAC,
+replay window, fragmentation with its pairwise MACs, safe decoding and tensor validation.
+Every run that uses it says so in its summary (``"wire": "fast (unsealed)"``).
 
 Why it exists: the real wire's cryptography is a fixed cost per datagram and per new pair of
 peers; a study of peer sampling or churn at 10,000 nodes does not need to pay it.
@@ -40,7 +40,7 @@ class UnsealedEndpoint(WireEndpoint):
         pass  # the simulator hands out only genuine keys
 
     def _seal_envelope(
-        self, fields: dict[str, object], plaintext: bytes, to: _Known | None
+        self, fields: dict[str, object], plaintext: bytes, to: _Known | None, intro: bytes = b""
     ) -> bytes:
         if to is None:
             header = Header(
@@ -61,5 +61,5 @@ class UnsealedEndpoint(WireEndpoint):
     def _verify(self, env: ParsedEnvelope) -> None:
         pass
 
-    def _open(self, env: ParsedEnvelope, known: _Known) -> bytes:
+    def _open(self, env: ParsedEnvelope, known: _Known, intro: bytes) -> bytes:
         return env.payload[NONCE_BYTES:-TAG_BYTES]

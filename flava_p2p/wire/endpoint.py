@@ -59,6 +59,16 @@ from flava_p2p.wire.tensors import TensorCodecError, decode_vector
 KIND_ENVELOPE = b"\x01"
 KIND_FRAGMENT = b"\x02"
 KIND_NACK = b"\x03"
+KIND_INTRO = b"\x04"
+"""A sealed envelope to a peer that has not yet sent us anything sealed, prefixed with our
+X25519 key, its binding signature (made once, by our identity key) and our identity-work nonce:
+``box_key (32) | box_key_sig (64) | u8 work length | work | envelope``. The receiver may not
+know us yet (it learnt of us through peer sampling); the prefix is self-certifying, so it
+can check it against the sender's PeerID, compute the pair key and open the envelope at once,
+instead of refusing it and trading HELLOs first. The prefix is part of the envelope's
+associated data, so its tag covers it too."""
+MAX_INTRO_WORK = 32
+_INTRO_FIXED = 32 + 64 + 1
 NETMAC_BYTES = 16
 MAX_PAYLOAD_DECODE = 8 << 20
 
@@ -72,6 +82,11 @@ class Inbound:
     message: Message
     vector: npt.NDArray[np.float32] | None = None
     """For DELTA: the decoded, finite delta vector."""
+    work: bytes = b""
+    """The identity-work nonce of an introduced sender (KIND_INTRO), to be checked by the
+    node; empty otherwise."""
+    introduced: bool = False
+    """Whether it came with an intro (its sender may be new to the node)."""
 
 
 @dataclass
@@ -107,13 +122,15 @@ class _Known:
     """A verified peer; the X25519 exchange with it is done on first use (a large network
     learns of many more peers through exchanges than it ever talks to)."""
 
-    __slots__ = ("_frag_key", "_own", "_pair", "keys")
+    __slots__ = ("_frag_key", "_own", "_pair", "heard", "keys")
 
     def __init__(self, keys: PeerKeys, own: PrivateKey) -> None:
         self.keys = keys
         self._own = own
         self._pair: PairKeys | None = None
         self._frag_key = b""
+        self.heard = False
+        """Whether it sent us a sealed envelope (so it holds our keys: no more intros)."""
 
     @property
     def pair(self) -> PairKeys:
@@ -165,6 +182,8 @@ class WireEndpoint:
         self._peers: dict[bytes, _Known] = {}
         self._outbox: list[tuple[bytes, bytes]] = []  # (peer, datagram)
         self._prefix = (NETMAC_BYTES if network_key else 0) + 1
+        self.intro_work = b""
+        """Our identity-work nonce, sent in intros (set by the node; empty: none needed)."""
 
     # ------------------------------------------------------------------ directory
     def add_peer(self, keys: PeerKeys) -> None:
@@ -191,18 +210,18 @@ class WireEndpoint:
         keys.check()
 
     def _seal_envelope(
-        self, fields: dict[str, object], plaintext: bytes, to: _Known | None
+        self, fields: dict[str, object], plaintext: bytes, to: _Known | None, intro: bytes = b""
     ) -> bytes:
         if to is None:  # first contact: signed, in clear
             return sign_envelope(self.identity.signing_key, fields, plaintext)
-        return seal_envelope(to.pair, fields, plaintext)
+        return seal_envelope(to.pair, fields, plaintext, intro)
 
     def _verify(self, env: ParsedEnvelope) -> None:
         # Ed25519 PeerIDs embed their public key: the signature needs no directory lookup.
         verify(env, verify_key_from_peer_id(env.header.sender))
 
-    def _open(self, env: ParsedEnvelope, known: _Known) -> bytes:
-        return open_sealed(env, known.pair)
+    def _open(self, env: ParsedEnvelope, known: _Known, intro: bytes) -> bytes:
+        return open_sealed(env, known.pair, intro)
 
     # ------------------------------------------------------------------ sending
     def seal(
@@ -229,8 +248,15 @@ class WireEndpoint:
             "round": round,
             "schema": schema,
         }
-        envelope = self._seal_envelope(fields, plaintext, recipient)
-        if len(envelope) + self._prefix <= self.mtu:
+        intro = self._intro() if recipient is not None and not recipient.heard else b""
+        envelope = self._seal_envelope(fields, plaintext, recipient, intro)
+        if intro and len(intro) + len(envelope) + self._prefix > self.mtu:
+            # too large to introduce us in one datagram (rare): sealed without, as before
+            intro = b""
+            envelope = self._seal_envelope(fields, plaintext, recipient)
+        if intro:
+            out = [self._wrap(KIND_INTRO + intro + envelope)]
+        elif len(envelope) + self._prefix <= self.mtu:
             out = [self._wrap(KIND_ENVELOPE + envelope)]
         else:
             if to is None or to not in self._peers:
@@ -243,6 +269,11 @@ class WireEndpoint:
             self.send_buffer.remember(seq, to, out, now)
         self.bytes_out += sum(len(d) for d in out)
         return out
+
+    def _intro(self) -> bytes:
+        keys = self.identity.keys
+        work = self.intro_work[:MAX_INTRO_WORK]
+        return keys.box_key + keys.box_key_sig + bytes([len(work)]) + work
 
     def _wrap(self, body: bytes) -> bytes:
         if self.network_key is None:
@@ -279,6 +310,8 @@ class WireEndpoint:
         kind = body[:1]
         if kind == KIND_ENVELOPE:
             return self._envelope(body[1:], now, addr)
+        if kind == KIND_INTRO:
+            return self._introduced(body[1:], now, addr)
         if kind == KIND_FRAGMENT:
             return self._fragment(body, now, addr)
         if kind == KIND_NACK:
@@ -323,7 +356,15 @@ class WireEndpoint:
         for dgram in self.send_buffer.repair(sender, seq, rnd, missing, now):
             self._outbox.append((sender, dgram))
 
-    def _envelope(self, data: bytes, now: float, addr: str) -> list[Inbound]:
+    def _introduced(self, body: bytes, now: float, addr: str) -> list[Inbound]:
+        if len(body) < _INTRO_FIXED or body[96] > MAX_INTRO_WORK:
+            raise _Reject(addr, "malformed")
+        end = _INTRO_FIXED + body[96]
+        return self._envelope(body[end:], now, addr, body[:end])
+
+    def _envelope(
+        self, data: bytes, now: float, addr: str, intro: bytes | None = None
+    ) -> list[Inbound]:
         try:
             env = parse(data, self.max_message)
         except EnvelopeError as exc:
@@ -344,15 +385,19 @@ class WireEndpoint:
         stale = self.replay.check(h.sender, h.seq, h.timestamp_ms, now_ms)
         if stale:
             raise _Reject(addr, stale)
-        plaintext = self._authenticate(env, addr)
+        if intro is not None and not h.sealed:
+            raise _Reject(addr, "malformed")  # only sealed envelopes are introduced
+        plaintext = self._authenticate(env, addr, intro)
         source = peer_id_to_str(h.sender)
         self.replay.commit(h.sender, h.seq, now_ms)
         message, vector = self._decode(h, plaintext, source)
-        return [Inbound(h.sender, h, message, vector)]
+        work = intro[_INTRO_FIXED:] if intro is not None else b""
+        return [Inbound(h.sender, h, message, vector, work, intro is not None)]
 
-    def _authenticate(self, env: ParsedEnvelope, addr: str) -> bytes:
+    def _authenticate(self, env: ParsedEnvelope, addr: str, intro: bytes | None) -> bytes:
         """The plaintext of an envelope whose signature (signed) or tag (sealed) checks out;
-        failures are charged to the address, as nothing is attributable before this."""
+        failures are charged to the address, as nothing is attributable before this. An
+        intro teaches an unknown sender's keys first (self-certifying, like a descriptor)."""
         if not env.header.sealed:
             try:
                 self._verify(env)
@@ -361,15 +406,24 @@ class WireEndpoint:
             except EnvelopeError as exc:
                 raise _Reject(addr, exc.reason) from None
             return env.payload
-        known = self._peers.get(env.header.sender)
+        sender = env.header.sender
+        if intro is not None and sender not in self._peers:
+            try:
+                vk = verify_key_from_peer_id(sender)
+                self.add_peer(PeerKeys(sender, vk, intro[:32], intro[32:96]))
+            except IdentityError:
+                raise _Reject(addr, "identity_mismatch") from None
+        known = self._peers.get(sender)
         if known is None:
             # Not attributable (only the claimed sender's key could tell), but normal in a
             # network larger than a view: the node answers the address with a HELLO.
             raise _Reject(addr, "unknown_sender")
         try:
-            return self._open(env, known)
+            plaintext = self._open(env, known, intro or b"")
         except EnvelopeError as exc:
             raise _Reject(addr, exc.reason) from None
+        known.heard = True
+        return plaintext
 
     def _decode(
         self, h: Header, plaintext: bytes, source: str

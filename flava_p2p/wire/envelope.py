@@ -179,8 +179,11 @@ def sign_envelope(
     return _LEN.pack(len(hbytes)) + hbytes + signature + payload
 
 
-def seal_envelope(pair: PairKeys, header_fields: dict[str, object], plaintext: bytes) -> bytes:
-    """Frame a sealed envelope: ``plaintext`` encrypted, header and payload authenticated."""
+def seal_envelope(
+    pair: PairKeys, header_fields: dict[str, object], plaintext: bytes, extra: bytes = b""
+) -> bytes:
+    """Frame a sealed envelope: ``plaintext`` encrypted; header, payload and ``extra`` (bytes
+    framed before the envelope, e.g. an intro) authenticated."""
     header = Header(
         payload_len=len(plaintext) + SEALED_OVERHEAD,
         payload_hash=b"",
@@ -188,7 +191,7 @@ def seal_envelope(pair: PairKeys, header_fields: dict[str, object], plaintext: b
     )
     hbytes = header.encode()
     nonce = hashlib.blake2b(hbytes + plaintext, digest_size=NONCE_BYTES, key=pair.iv).digest()
-    sealed = _aead_encrypt(plaintext, SEALED_DOMAIN + hbytes, nonce, pair.aead)
+    sealed = _aead_encrypt(plaintext, SEALED_DOMAIN + extra + hbytes, nonce, pair.aead)
     return _LEN.pack(len(hbytes)) + hbytes + nonce + sealed
 
 
@@ -242,12 +245,14 @@ def verify(env: ParsedEnvelope, verify_key: bytes) -> None:
         raise EnvelopeError("bad_signature", "payload does not match signed hash")
 
 
-def open_sealed(env: ParsedEnvelope, pair: PairKeys) -> bytes:
-    """Authenticate and decrypt a sealed envelope in one step (any tampering fails here)."""
+def open_sealed(env: ParsedEnvelope, pair: PairKeys, extra: bytes = b"") -> bytes:
+    """Authenticate and decrypt a sealed envelope in one step (any tampering, with it or with
+    ``extra``, fails here)."""
     if not env.header.sealed:
         raise EnvelopeError("bad_auth", "a signed envelope is not sealed")
     nonce, sealed = env.payload[:NONCE_BYTES], env.payload[NONCE_BYTES:]
     try:
-        return bytes(_aead_decrypt(sealed, SEALED_DOMAIN + env.header_bytes, nonce, pair.aead))
+        ad = SEALED_DOMAIN + extra + env.header_bytes
+        return bytes(_aead_decrypt(sealed, ad, nonce, pair.aead))
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise EnvelopeError("bad_auth") from None
