@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TypeVar
@@ -91,14 +90,15 @@ class SybilGuard:
         cap = self.max_per_host
         if cap is None:
             return incoming, 0
-        added: Counter[str] = Counter()
+        added: dict[str, int] = {}  # a plain dict: this runs for every descriptor received
         kept: list[T] = []
         for item in incoming:
             host = host_of(item)
             if host is not None:
-                if in_view.get(host, 0) + added[host] >= cap:
+                n = added.get(host, 0)
+                if in_view.get(host, 0) + n >= cap:
                     continue
-                added[host] += 1
+                added[host] = n + 1
             kept.append(item)
         return kept, len(incoming) - len(kept)
 
