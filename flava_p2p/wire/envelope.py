@@ -22,7 +22,7 @@ Two kinds, told apart by the header's ``payload_hash`` field:
 Why sealed envelopes carry no signature: the X25519 exchange already authenticates the sender
 to its receiver, and nothing in FLAVA forwards a peer's envelope to a third party, so a
 per-envelope signature bought non-repudiation nobody used at ~90 µs per datagram (an Ed25519
-sign and verify), over half of a protocol-only simulation's time. Parsing is split from
+sign and verify), nearly half of a protocol-only simulation's time. Parsing is split from
 authentication so the receiver runs the cheap checks first (see
 :mod:`flava_p2p.wire.endpoint`).
 """
@@ -190,7 +190,9 @@ def seal_envelope(
         **header_fields,  # type: ignore[arg-type]
     )
     hbytes = header.encode()
-    nonce = hashlib.blake2b(hbytes + plaintext, digest_size=NONCE_BYTES, key=pair.iv).digest()
+    iv = hashlib.blake2b(hbytes, digest_size=NONCE_BYTES, key=pair.iv)
+    iv.update(plaintext)  # no copy of a large plaintext
+    nonce = iv.digest()
     sealed = _aead_encrypt(plaintext, SEALED_DOMAIN + extra + hbytes, nonce, pair.aead)
     return _LEN.pack(len(hbytes)) + hbytes + nonce + sealed
 
