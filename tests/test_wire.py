@@ -338,6 +338,22 @@ class TestIntro:
         assert b.peer_keys(A.peer_id) in (None, A.keys)
         assert deliver(b, [d]) == [Ping(1)]  # the genuine one still passes afterwards
 
+    def test_the_key_directory_is_bounded_least_recently_heard_first(self) -> None:
+        """Minted identities announcing themselves cannot grow a node's key directory without
+        bound: past ``max_peers`` the peer heard from longest ago is forgotten, and a peer
+        that keeps talking is kept."""
+        b = WireEndpoint(B, "testnet")
+        b.max_peers = 3
+        a = WireEndpoint(A, "testnet")
+        a.add_peer(B.keys)
+        deliver(b, a.seal(B.peer_id, Ping(1), NOW))  # A introduces itself
+        strangers = [Identity.from_seed(bytes([50 + i]) * 32) for i in range(4)]
+        for k, ident in enumerate(strangers):
+            b.add_peer(ident.keys)
+            assert deliver(b, a.seal(B.peer_id, Ping(10 + k), NOW)) == [Ping(10 + k)]
+        assert b.knows(A.peer_id)  # heard after every newcomer: never the oldest
+        assert [b.knows(i.peer_id) for i in strangers] == [False, False, True, True]
+
     def test_someone_elses_key_in_the_intro_is_refused(self) -> None:
         """C introduces itself with A's key binding: it does not match C's PeerID."""
         c = WireEndpoint(C, "testnet")

@@ -68,6 +68,10 @@ can check it against the sender's PeerID, compute the pair key and open the enve
 instead of refusing it and trading HELLOs first. The prefix is part of the envelope's
 associated data, so its tag covers it too."""
 MAX_INTRO_WORK = 32
+MAX_KNOWN_PEERS = 16_384
+"""Keys kept in the directory. Anyone can mint identities and announce them (a HELLO, an intro,
+a descriptor) before the node checks their identity work, so the directory is bounded; the
+least recently heard peer goes first, and if it talks again it is learnt again."""
 _INTRO_FIXED = 32 + 64 + 1
 NETMAC_BYTES = 16
 MAX_PAYLOAD_DECODE = 8 << 20
@@ -179,7 +183,8 @@ class WireEndpoint:
         self.rejections = RejectionCounter()
         self.bytes_in = 0
         self.bytes_out = 0
-        self._peers: dict[bytes, _Known] = {}
+        self._peers: dict[bytes, _Known] = {}  # in order of last authenticated contact
+        self.max_peers = MAX_KNOWN_PEERS
         self._outbox: list[tuple[bytes, bytes]] = []  # (peer, datagram)
         self._prefix = (NETMAC_BYTES if network_key else 0) + 1
         self.intro_work = b""
@@ -192,7 +197,10 @@ class WireEndpoint:
         if known is not None and known.keys == keys:
             return  # these exact keys were checked when first learned
         self._check_keys(keys)
+        self._peers.pop(keys.peer_id, None)
         self._peers[keys.peer_id] = _Known(keys, self.identity.box_key)
+        if len(self._peers) > self.max_peers:
+            self._peers.pop(next(iter(self._peers)))
 
     def knows(self, peer_id: bytes) -> bool:
         """Whether ``peer_id``'s encryption key is known."""
@@ -423,6 +431,7 @@ class WireEndpoint:
         except EnvelopeError as exc:
             raise _Reject(addr, exc.reason) from None
         known.heard = True
+        self._peers[sender] = self._peers.pop(sender)  # most recently heard: evicted last
         return plaintext
 
     def _decode(
