@@ -72,7 +72,9 @@ MAX_KNOWN_PEERS = 16_384
 """Keys kept in the directory. Anyone can mint identities and announce them (a HELLO, an intro,
 a descriptor) before the node checks their identity work, so the directory is bounded; the
 least recently heard peer goes first, and if it talks again it is learnt again."""
-_INTRO_FIXED = 32 + 64 + 1
+_INTRO_KEY_END = 32  # box_key
+_INTRO_SIG_END = _INTRO_KEY_END + 64  # box_key_sig, then the work length byte
+_INTRO_FIXED = _INTRO_SIG_END + 1
 NETMAC_BYTES = 16
 MAX_PAYLOAD_DECODE = 8 << 20
 
@@ -365,9 +367,9 @@ class WireEndpoint:
             self._outbox.append((sender, dgram))
 
     def _introduced(self, body: bytes, now: float, addr: str) -> list[Inbound]:
-        if len(body) < _INTRO_FIXED or body[96] > MAX_INTRO_WORK:
+        if len(body) < _INTRO_FIXED or body[_INTRO_SIG_END] > MAX_INTRO_WORK:
             raise _Reject(addr, "malformed")
-        end = _INTRO_FIXED + body[96]
+        end = _INTRO_FIXED + body[_INTRO_SIG_END]
         return self._envelope(body[end:], now, addr, body[:end])
 
     def _envelope(
@@ -418,7 +420,8 @@ class WireEndpoint:
         if intro is not None and sender not in self._peers:
             try:
                 vk = verify_key_from_peer_id(sender)
-                self.add_peer(PeerKeys(sender, vk, intro[:32], intro[32:96]))
+                box_key, sig = intro[:_INTRO_KEY_END], intro[_INTRO_KEY_END:_INTRO_SIG_END]
+                self.add_peer(PeerKeys(sender, vk, box_key, sig))
             except IdentityError:
                 raise _Reject(addr, "identity_mismatch") from None
         known = self._peers.get(sender)
