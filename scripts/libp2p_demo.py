@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Three real `flava-node` processes learning through a relay, against the same three over UDP.
 
-``--mode relay``: R serves Circuit Relay v2 (libp2p only, listening on 127.0.0.1); A speaks
-libp2p only and listens; B speaks libp2p only and has **no listening address at all** (as
-behind NAT): it keeps a reservation at R and advertises ``R/p2p-circuit/p2p/B``. All three
-train on their own speakers' clips and bootstrap from R. ``--mode udp``: the same three nodes,
+``--mode relay``: R serves Circuit Relay v2 (libp2p only, listening on 127.0.0.1); A and B
+speak libp2p only and have **no listening address at all** (as two devices behind NAT): each
+keeps a reservation at R and advertises only ``R/p2p-circuit/p2p/<itself>``, so every A-B
+connection runs through R, whichever of them dials first (with one of them listening, the other
+could dial it directly and the relay would carry nothing between them). All three train on
+their own speakers' clips and bootstrap from R. ``--mode udp``: the same three nodes,
 same data and seeds, over FLAVA's UDP wire. ``--mode mixed``: four nodes, UDP only, libp2p
 only, both, both (node 0 is a "both" bootstrap). Each node reports its held-out accuracy, its
 peers, and over which carrier (and whether relayed) it reached them. JSON out.
@@ -31,8 +33,8 @@ LIBP2P = {"transport": "libp2p", "libp2p_listen": ["/ip4/127.0.0.1/tcp/0"]}
 TRANSPORTS: dict[str, list[dict[str, Any]]] = {
     "relay": [
         {**LIBP2P, "relay": "serve"},  # R
-        dict(LIBP2P),  # A
-        {**LIBP2P, "libp2p_listen": []},  # B: outbound only; relays filled in once R is up
+        {**LIBP2P, "libp2p_listen": []},  # A: outbound only; relays filled in once R is up
+        {**LIBP2P, "libp2p_listen": []},  # B: the same
     ],
     "udp": [{}, {}, {}],
     "mixed": [
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         boot = cluster.multiaddrs(0)
         if args.mode == "relay":
             relay_addr = [a for a in boot if "/tcp/" in a][:1]
-            set_network(homes[2], {"relays": relay_addr})
+            for home in homes[1:]:
+                set_network(home, {"relays": relay_addr})
         for i in range(1, len(homes)):
             cluster.start(i, bootstrap=boot)
         for i in range(1, len(homes)):
