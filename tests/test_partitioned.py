@@ -3,6 +3,7 @@ one process, in several in-process partitions, and over a local 2-worker Ray clu
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,15 @@ class TestSameBytes:
         assert metrics(tmp_path / "split") == metrics(tmp_path / "local")
         assert 0 < local["privacy"]["epsilon_max"] <= 8.0 + 1e-6
 
+    def test_two_worker_processes_equal_one_process(self, tmp_path: Path) -> None:
+        """Spawned child processes exchanging msgpack frames over pipes (the ``processes``
+        engine): Byzantine datagrams, numpy models and float32 accuracies cross unchanged."""
+        sc = scenario(**EVERYTHING)
+        run_scenario(sc, tmp_path / "local", seed=3)
+        s = run_partitioned(sc, tmp_path / "procs", seed=3, workers=2, backend="processes")
+        assert metrics(tmp_path / "procs") == metrics(tmp_path / "local")
+        assert s["engine"]["kind"] == "processes" and s["engine"]["windows"] > 100
+
     def test_two_ray_workers_equal_one_process(self, tmp_path: Path) -> None:
         """A local Ray cluster of two CPU workers (real actors, real processes)."""
         ray = pytest.importorskip("ray")
@@ -96,6 +106,45 @@ class TestSameBytes:
             ray.shutdown()
         assert metrics(tmp_path / "ray") == metrics(tmp_path / "local")
         assert s["engine"]["kind"] == "ray"
+
+
+class TestCodec:
+    """What partitions send each other comes back with the same types and values."""
+
+    def test_round_trip_keeps_types(self) -> None:
+        import numpy as np
+
+        from flava_p2p.sim.partition_codec import decode, encode
+
+        model = np.arange(6, dtype=np.float32).reshape(2, 3)
+        value: dict[str, Any] = {
+            "datagrams": [(0.25, 3, 7, 11, ("10.0.0.7", 9000), b"\x00\xff")],
+            "models": {4: model},
+            "acc": {4: np.float32(0.8125), 5: 0.5},
+            "counts": Counter(a=2),
+            "t": float("inf"),
+        }
+        back = decode(encode(value))
+        assert back["datagrams"] == value["datagrams"]
+        assert isinstance(back["datagrams"][0][4], tuple)
+        m = back["models"][4]
+        assert m.dtype == np.float32 and m.shape == (2, 3) and (m == model).all()
+        assert type(back["acc"][4]) is np.float32 and back["acc"][4] == np.float32(0.8125)
+        assert back["counts"] == {"a": 2} and back["t"] == float("inf")
+
+    def test_damaged_frames_are_refused(self) -> None:
+        import msgpack
+
+        from flava_p2p.sim.partition_codec import CodecError, decode, encode
+
+        good = encode({"m": __import__("numpy").zeros(4, "float32")})
+        with pytest.raises(CodecError):
+            decode(good[:-3])
+        lying = msgpack.packb(msgpack.ExtType(2, msgpack.packb(["f4", [100], False, b"1234"])))
+        with pytest.raises(CodecError, match="bytes"):
+            decode(lying)
+        with pytest.raises(CodecError, match="object"):
+            decode(msgpack.packb(msgpack.ExtType(2, msgpack.packb(["O", [1], False, b"x" * 8]))))
 
 
 class TestRefusals:
