@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flava_p2p.errors import FlavaError
-from flava_p2p.sim.partitioned import run_partitioned
+from flava_p2p.sim.partitioned import balanced_blocks, run_partitioned
 from flava_p2p.sim.runner import run_scenario
 from flava_p2p.testing.scenarios import small_scenario as scenario
 
@@ -156,3 +156,20 @@ class TestRefusals:
         sc = scenario(faults={"count": 1}, network={"min_latency_s": 0.01})
         with pytest.raises(FlavaError, match="--engine local"):
             run_partitioned(sc, workers=2, backend="inline")
+
+
+class TestBalancedBlocks:
+    """Nodes are split into contiguous blocks of about equal expected work."""
+
+    def test_equal_weights_split_evenly_and_cover_every_node(self) -> None:
+        blocks = balanced_blocks([1.0] * 10, 3)
+        assert [len(b) for b in blocks] == [3, 4, 3]
+        assert [i for b in blocks for i in b] == list(range(10))
+
+    def test_a_heavy_node_gets_a_smaller_block(self) -> None:
+        blocks = balanced_blocks([5.0] + [1.0] * 9, 2)
+        assert blocks == [[0, 1, 2], list(range(3, 10))]
+
+    def test_every_block_keeps_at_least_one_node(self) -> None:
+        assert balanced_blocks([100.0, 1.0, 1.0], 3) == [[0], [1], [2]]
+        assert balanced_blocks([1.0, 1.0, 100.0], 3) == [[0], [1], [2]]
