@@ -613,8 +613,9 @@ class NodeCore:
         if not fresh or self.sybil.max_per_host is None:
             return descs
         kept, cut = self.sybil.within_view_cap(fresh, _descriptor_host, self.view.host_counts)
-        if cut:
-            self._count("host_cap_view", cut)
+        if not cut:
+            return descs  # the usual case, and this runs for every descriptor received
+        self._count("host_cap_view", cut)
         keep = {d.peer_id for d in kept}
         return [d for d in descs if d.peer_id in self.view or d.peer_id in keep]
 
