@@ -3,6 +3,7 @@ one process, in several in-process partitions, and over a local 2-worker Ray clu
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,24 @@ class TestBalancedBlocks:
     def test_every_block_keeps_at_least_one_node(self) -> None:
         assert balanced_blocks([100.0, 1.0, 1.0], 3) == [[0], [1], [2]]
         assert balanced_blocks([1.0, 1.0, 100.0], 3) == [[0], [1], [2]]
+
+
+def test_worker_processes_keep_json_output_clean(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`--json` prints one JSON document on stdout: the workers' log lines (here wire: fast's
+    warning, logged by every partition) go to stderr, as the parent's do."""
+    from flava_p2p.cli.sim import main
+
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(
+        "nodes: 6\nrounds: 2\ntopology: {kind: discovered}\nlearner: {kind: none}\n"
+        "privacy: {epsilon: null}\nnetwork: {min_latency_s: 0.005}\nmetrics: {plots: false}\n"
+    )
+    args = ["run", str(yaml), "--engine", "processes", "--workers", "2", "--set", "wire=fast"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--json"]) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out)
+    assert summary["engine"] == {**summary["engine"], "kind": "processes", "workers": 2}
+    assert summary["wire"].startswith("fast")
+    assert err.count("NOT signed or encrypted") >= 2  # the parent's, and the workers'

@@ -27,8 +27,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+_configured: tuple[LogFormat, LogLevel] = ("console", "info")
+
+
+def logging_settings() -> tuple[LogFormat, LogLevel]:
+    """The format and level of the last :func:`configure_logging` (for child processes)."""
+    return _configured
+
+
 def configure_logging(fmt: LogFormat = "console", level: LogLevel = "info") -> None:
     """Route structlog events and stdlib log records to stderr as console text or JSON."""
+    global _configured  # noqa: PLW0603 (one configuration per process, by design)
+    _configured = (fmt, level)
     numeric = getattr(logging, level.upper())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

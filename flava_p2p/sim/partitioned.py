@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flava_p2p.errors import FlavaError
+from flava_p2p.runtime.logs import LogFormat, LogLevel, configure_logging, logging_settings
 from flava_p2p.sim.partition_codec import decode, encode
 from flava_p2p.sim.runner import RunLoop, Simulation, combine_measures
 from flava_p2p.sim.scenario import Scenario
@@ -229,7 +230,7 @@ class _ProcessPartition:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
             target=_serve_partition,
-            args=(child, json.dumps(scenario), seed, owned),
+            args=(child, json.dumps(scenario), seed, owned, logging_settings()),
             daemon=True,
             name=f"flava-partition-{owned[0]}-{owned[-1]}",
         )
@@ -261,9 +262,16 @@ class _ProcessPartition:
             self._proc.kill()
 
 
-def _serve_partition(conn: Any, scenario: str, seed: int, owned: list[int]) -> None:
+def _serve_partition(
+    conn: Any, scenario: str, seed: int, owned: list[int], logs: tuple[LogFormat, LogLevel]
+) -> None:
     """A worker process's loop: build the partition, then answer calls until the pipe closes."""
     import torch
+
+    # The parent's stdout may be machine-readable (--json): anything a worker prints goes to
+    # stderr, and its log lines look like the parent's.
+    os.dup2(2, 1)
+    configure_logging(*logs)
 
     torch.set_num_threads(1)  # one worker per core: intra-op threads would fight each other
     try:
