@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,3 +29,15 @@ def progress_bar() -> Progress:
         console=console,
         disable=not console.is_terminal,
     )
+
+
+@contextmanager
+def counting_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for work that reports ``(done, total)``; yields that callback."""
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield on_progress

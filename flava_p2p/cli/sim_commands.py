@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flava_p2p.cli.common import HelpFormatter, add_logging_args
-from flava_p2p.cli.progress import progress_bar
+from flava_p2p.cli.progress import counting_progress, progress_bar
 
 
 def register(sub: Any) -> None:
@@ -127,12 +127,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     from flava_p2p.speech.corpus_import import import_corpus
 
-    with progress_bar() as bar:
-        task = bar.add_task("importing clips", total=None, info="")
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with counting_progress("importing clips") as on_progress:
         report = import_corpus(
             args.src,
             args.out,
@@ -166,12 +161,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from flava_p2p.speech.synth import KEYWORDS, synthesize_corpus
 
-    with progress_bar() as bar:
-        task = bar.add_task("voicing clips", total=None, info="")
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with counting_progress("voicing clips") as on_progress:
         summary = synthesize_corpus(
             args.out,
             n_speakers=args.speakers,

@@ -78,14 +78,7 @@ def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path
         ax.set_xticks([p[0] for p in finite], [f"{p[0]:g}" for p in finite])
         ax.minorticks_off()
     ax.set_xlabel("example-level ε (δ = 1e-5), log scale")
-    ax.set_ylabel("final held-out accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_accuracy_axes(fig, ax, path)
 
 
 def plot_nodes(points: Sequence[tuple[int, float | None, float, float]], path: Path) -> Path:
@@ -105,6 +98,11 @@ def plot_nodes(points: Sequence[tuple[int, float | None, float, float]], path: P
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.minorticks_off()
     ax.set_xlabel("nodes (same clips per node)")
+    return _save_accuracy_axes(fig, ax, path)
+
+
+def _save_accuracy_axes(fig: Any, ax: Any, path: Path) -> Path:
+    """Finish an accuracy-against-x figure (y in [0, 1], grid, legend) and write it."""
     ax.set_ylabel("final held-out accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
