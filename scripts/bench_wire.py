@@ -36,6 +36,7 @@ from flava_p2p.config import ModelConfig
 from flava_p2p.identity import Identity
 from flava_p2p.learning.models import build_model, count_parameters
 from flava_p2p.sim.lossy_link import send_over_lossy_link
+from flava_p2p.speech.encoder import SPEECH_EMBEDDING
 from flava_p2p.wire.endpoint import WireEndpoint
 from flava_p2p.wire.messages import Delta, DpInfo, Message, PeerDescriptor, Ping, Shuffle
 from flava_p2p.wire.tensors import encode_vector
@@ -157,29 +158,24 @@ def small_datagrams(reps: int) -> dict[str, Any]:
 
 
 def wire_sizes() -> dict[str, Any]:
-    model = build_model(ModelConfig(), 12, 40, 51)
-    n = count_parameters(model)
+    """Datagrams and bytes of one delta of the default head and of the DS-CNN, per encoding."""
+    models = {
+        # The default: a linear head over the frozen encoder's 96-dim embeddings, 12 labels.
+        "embed_linear": build_model(ModelConfig(), 12, SPEECH_EMBEDDING.dim, 1),
+        # The log-mel DS-CNN (40 mel bands x 51 frames), the large model on the wire.
+        "dscnn": build_model(ModelConfig(name="dscnn"), 12, 40, 51),
+    }
+    return {name: _delta_sizes(count_parameters(model)) for name, model in models.items()}
+
+
+def _delta_sizes(n: int) -> dict[str, Any]:
     delta = np.random.default_rng(1).normal(0, 0.01, n).astype(np.float32)
-    out: dict[str, Any] = {"model": "dscnn", "parameters": n, "raw_fp32_bytes": 4 * n}
+    out: dict[str, Any] = {"parameters": n, "raw_fp32_bytes": 4 * n}
     for enc in ("fp32", "fp16", "int8", "topk"):
         for z in (False, True):
-            a, _ = pair()
-            ds = a.seal(
-                B.peer_id,
-                Delta(
-                    SCHEMA,
-                    b"g" * 32,
-                    1,
-                    1,
-                    encode_vector(
-                        delta,
-                        enc,
-                        compress=z,
-                    ),
-                ),
-                NOW,
-                schema=SCHEMA,
-            )
+            a, _ = talked_pair()  # peers that have talked: the usual case for a delta
+            vector = encode_vector(delta, enc, compress=z)
+            ds = a.seal(B.peer_id, Delta(SCHEMA, b"g" * 32, 1, 1, vector), NOW, schema=SCHEMA)
             out[f"{enc}{'+zstd' if z else ''}"] = {
                 "datagrams": len(ds),
                 "wire_bytes": sum(map(len, ds)),
