@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def plot_accuracy(runs: Sequence[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
@@ -26,10 +30,7 @@ def plot_accuracy(runs: Sequence[tuple[str, list[dict[str, Any]]]], path: Path) 
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="solid: mean, dashed: worst", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_arrival(records: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -56,10 +57,7 @@ def plot_arrival(records: Sequence[dict[str, Any]], path: Path) -> Path:
         ex.set_ylabel("worst clip ε", color="tab:red")
         ex.set_ylim(bottom=0)
     bx.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_privacy(points: Sequence[tuple[float | None, float, float]], path: Path) -> Path:
@@ -101,12 +99,17 @@ def plot_nodes(points: Sequence[tuple[int, float | None, float, float]], path: P
     return _save_accuracy_axes(fig, ax, path)
 
 
-def _save_accuracy_axes(fig: Any, ax: Any, path: Path) -> Path:
+def _save_accuracy_axes(fig: Figure, ax: Axes, path: Path) -> Path:
     """Finish an accuracy-against-x figure (y in [0, 1], grid, legend) and write it."""
     ax.set_ylabel("final held-out accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Lay out, write at 120 dpi and release the figure (pyplot keeps figures until closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -130,7 +133,4 @@ def plot_heatmap(
     ax.set_xlabel("defence (merging rule; screens on unless marked)")
     ax.set_ylabel("attack")
     fig.colorbar(im, ax=ax, label="worst honest accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
