@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants import RDPAccountant
 
 Vec = npt.NDArray[np.float32]
 
@@ -41,6 +40,10 @@ class MessageNoise:
         """Node-level ε(δ) after all releases so far (0 before the first)."""
         if self.releases == 0:
             return 0.0
+        # Imported here: opacus pulls in torch (~2.5 s), which a simulation without learning
+        # (and every partition worker it spawns) would otherwise pay at start.
+        from opacus.accountants import RDPAccountant
+
         acc = RDPAccountant()
         acc.history = [(self.noise_multiplier, 1.0, self.releases)]
         return float(acc.get_epsilon(delta=self.delta))
