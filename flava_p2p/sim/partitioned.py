@@ -14,8 +14,9 @@ ordered by keys any partition computes alike (sim/virtual_network.py), every nod
 draws from its own streams, and measurements are merged per node (``combine_measures``).
 
 Backends: ``ray`` (actors, one CPU each; ``address`` joins an existing cluster),
-``processes`` (spawned child processes on this machine, talking over pipes in msgpack frames:
-a window costs a pipe round trip, ~0.1 ms, where a Ray actor call costs milliseconds) and
+``processes`` (the first block in this process, the others in spawned child processes on this
+machine, talking over pipes in msgpack frames: a window costs a pipe round trip, ~0.1 ms, where
+a Ray actor call costs milliseconds) and
 ``inline`` (the partitions in this process, one after another: for tests and debugging).
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any, Literal
 
 from flava_p2p.errors import FlavaError
 from flava_p2p.runtime.logs import LogFormat, LogLevel, configure_logging, logging_settings
+from flava_p2p.sim import collector
 from flava_p2p.sim.partition_codec import decode, encode
 from flava_p2p.sim.runner import RunLoop, Simulation, combine_measures
 from flava_p2p.sim.scenario import Scenario
@@ -49,13 +52,21 @@ own event is (inf: none)."""
 class Partition:
     """One process's share of a partitioned run (a Ray actor, or an object in process)."""
 
-    def __init__(self, scenario: dict[str, Any], seed: int, owned: list[int]) -> None:
+    def __init__(
+        self, scenario: dict[str, Any], seed: int, owned: list[int], *, own_process: bool = False
+    ) -> None:
         if cache := scenario.pop("_cache_env", None):
             os.environ["FLAVA_CACHE_DIR"] = cache
         self.sim = Simulation(Scenario.model_validate(scenario), seed, owned=set(owned))
+        self.own_process = own_process
+        """Whether this partition has its process to itself (a child process or a Ray actor):
+        then it pauses the process's garbage collector as a one-process run does
+        (sim/collector.py); in the driver's process, the driver's run loop does."""
 
     def start(self) -> Step:
         """Start the owned nodes (their first datagrams)."""
+        if self.own_process:
+            collector.pause()
         self.sim.net.start()
         return self._step()
 
@@ -71,6 +82,8 @@ class Partition:
 
     def measure_part(self) -> dict[str, Any]:
         """This partition's share of a metrics record."""
+        if self.own_process:
+            collector.collect()
         return self.sim.measure_part()
 
     def costs(self) -> tuple[dict[int, int], Counter[str], Counter[str]]:
@@ -131,12 +144,20 @@ class PartitionedRun(RunLoop):
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             actor = ray.remote(num_cpus=1)(Partition)
             self._parts: list[Any] = [
-                actor.remote(dict(payload), self.seed, block) for block in self.blocks
+                actor.remote(dict(payload), self.seed, block, own_process=True)
+                for block in self.blocks
             ]
         elif backend == "processes":
-            self._parts = [
-                _ProcessPartition(dict(payload), self.seed, block) for block in self.blocks
+            # The first block runs here, the others in child processes: W processes for W
+            # blocks instead of W + 1 (the driver's routing no longer takes a core from a
+            # worker), and the first block's datagrams never cross a pipe. Children are
+            # spawned first so that they build their nodes while this process builds its own.
+            children = [
+                _ProcessPartition(dict(payload), self.seed, block) for block in self.blocks[1:]
             ]
+            self._parts = [Partition(dict(payload), self.seed, self.blocks[0]), *children]
+            if (torch := sys.modules.get("torch")) is not None:
+                torch.set_num_threads(1)  # one partition per core, as in the children
         else:
             self._parts = [Partition(dict(payload), self.seed, block) for block in self.blocks]
         self._inbox: list[list[RemoteDatagram]] = [[] for _ in self.blocks]
@@ -169,9 +190,11 @@ class PartitionedRun(RunLoop):
                 )
             )
         if self.backend == "processes":
-            for p, a in zip(self._parts, calls, strict=True):
+            here, *children = self._parts
+            for p, a in zip(children, calls[1:], strict=True):
                 p.send(method, a)  # all workers start before any answer is awaited
-            return [p.receive() for p in self._parts]
+            first = getattr(here, method)(*calls[0])
+            return [first, *(p.receive() for p in children)]
         return [getattr(p, method)(*a) for p, a in zip(self._parts, calls, strict=True)]
 
     def _absorb(self, steps: list[Step]) -> None:
@@ -202,7 +225,7 @@ class PartitionedRun(RunLoop):
         self._call("close")
         if self.backend == "processes":  # the summary's costs come after closing: ask first
             self._final_costs = self._costs()
-            for p in self._parts:
+            for p in self._parts[1:]:
                 p.stop()
 
     def _costs(self) -> tuple[list[int], Counter[str], Counter[str]]:
@@ -275,7 +298,7 @@ def _serve_partition(
 
     torch.set_num_threads(1)  # one worker per core: intra-op threads would fight each other
     try:
-        part: Partition | None = Partition(json.loads(scenario), seed, owned)
+        part: Partition | None = Partition(json.loads(scenario), seed, owned, own_process=True)
     except Exception as exc:  # reported at the first call
         part, failure = None, f"{type(exc).__name__}: {exc}"
     while True:
