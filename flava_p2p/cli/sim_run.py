@@ -25,16 +25,16 @@ def register(sub: Any) -> None:
             "Writes to --out: metrics.jsonl (one record per measurement: per-node held-out\n"
             "accuracy, honest mean/worst, consensus distance, ε, bytes, rejections by reason),\n"
             "summary.json, scenario.yaml (resolved, for reproduction) and accuracy.png.\n\n"
-            "--engine processes splits the nodes over child processes on this machine (one\n"
-            "per core by default); --engine ray over Ray workers (this machine's cores, or a\n"
-            "cluster: `ray start --head` on one machine, `ray start --address HEAD:6379` on\n"
-            "the others, then --address HEAD:6379 here). Partitions exchange datagrams in\n"
-            "windows of network.min_latency_s, which must be > 0; the metrics are the same,\n"
-            "byte for byte, as --engine local's. On one machine prefer processes: a window\n"
-            "costs a pipe round trip (~0.1 ms) instead of Ray actor calls (milliseconds).\n"
-            "Splitting pays off only when a window holds a lot of work (thousands of nodes per\n"
-            "worker, e.g. protocol_10k: 1.4x per round on 2 cores); a 16-node run is fastest\n"
-            "with --engine local."
+            "--engine processes splits the nodes over processes on this machine (one per\n"
+            "core by default, this one included); --engine ray over Ray workers (this\n"
+            "machine's cores, or a cluster: `ray start --head` on one machine, `ray start\n"
+            "--address HEAD:6379` on the others, then --address HEAD:6379 here).\n"
+            "Partitions exchange datagrams in windows of network.min_latency_s, which must\n"
+            "be > 0; the metrics are the same, byte for byte, as --engine local's. On one\n"
+            "machine prefer processes: a window costs a pipe round trip (~0.1 ms) instead\n"
+            "of Ray actor calls (milliseconds). Splitting pays off only when a window holds\n"
+            "a lot of work (thousands of nodes per worker, e.g. protocol_10k: 1.5x per round\n"
+            "on 2 cores); a 16-node run is fastest with --engine local."
         ),
         epilog=(
             "examples:\n"
@@ -61,7 +61,7 @@ def register(sub: Any) -> None:
         "--engine",
         choices=["local", "processes", "ray"],
         default="local",
-        help="local: one process (default); processes: nodes split over child processes "
+        help="local: one process (default); processes: nodes split over processes "
         "on this machine; ray: nodes split over Ray workers",
     )
     engine.add_argument(
