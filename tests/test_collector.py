@@ -40,12 +40,38 @@ def test_paused_restores_on_error_and_leaves_a_disabled_collector_alone() -> Non
         gc.enable()
 
 
-def test_collections_between_measurements_still_free_cycles() -> None:
-    class Node:
-        other: Node | None = None
+class _Node:
+    other: _Node | None = None
 
+
+def _make_cycle() -> None:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+
+
+def test_collections_between_measurements_space_out_and_still_free_cycles() -> None:
+    runs: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            runs.append(info["collected"])
+
+    between = collector.Between(max_gap=4)
     with collector.paused():
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        del a, b
-        assert collector.collect() >= 2
+        gc.callbacks.append(seen)
+        try:
+            collected_at = []
+            for measurement in range(1, 12):
+                before = len(runs)
+                between.at_measurement()
+                if len(runs) > before:
+                    collected_at.append(measurement)
+            # Empty collections space out: gaps of 2, then 4 (max_gap).
+            assert collected_at == [1, 3, 7, 11]
+            _make_cycle()  # garbage right after a collection: found within max_gap measurements
+            found = [between.at_measurement() for _ in range(4)]
+            assert found[:3] == [0, 0, 0] and found[3] >= 2
+            _make_cycle()  # after a find, the very next measurement collects
+            assert between.at_measurement() >= 2
+        finally:
+            gc.callbacks.remove(seen)

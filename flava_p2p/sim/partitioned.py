@@ -59,6 +59,7 @@ class Partition:
             os.environ["FLAVA_CACHE_DIR"] = cache
         self.sim = Simulation(Scenario.model_validate(scenario), seed, owned=set(owned))
         self.own_process = own_process
+        self._collections = collector.Between()
         """Whether this partition has its process to itself (a child process or a Ray actor):
         then it pauses the process's garbage collector as a one-process run does
         (sim/collector.py); in the driver's process, the driver's run loop does."""
@@ -83,7 +84,7 @@ class Partition:
     def measure_part(self) -> dict[str, Any]:
         """This partition's share of a metrics record."""
         if self.own_process:
-            collector.collect()
+            self._collections.at_measurement()
         return self.sim.measure_part()
 
     def costs(self) -> tuple[dict[int, int], Counter[str], Counter[str]]:

@@ -109,6 +109,7 @@ class RunLoop:
                 yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
             )
             fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
+        collections = collector.Between()
         try:
             with collector.paused():  # ~16% of a large run's wall: see sim/collector.py
                 self._start()
@@ -116,7 +117,7 @@ class RunLoop:
                 while t < self.horizon - 1e-9:
                     t = min(self.horizon, t + every)
                     self._advance(t)
-                    collector.collect()  # the only collections during the run
+                    collections.at_measurement()  # the only collections during the run
                     rec = self.measure()
                     records.append(rec)
                     walls.append(round(time.perf_counter() - start, 3))
