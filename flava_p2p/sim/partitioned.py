@@ -59,10 +59,10 @@ class Partition:
             os.environ["FLAVA_CACHE_DIR"] = cache
         self.sim = Simulation(Scenario.model_validate(scenario), seed, owned=set(owned))
         self.own_process = own_process
-        self._collections = collector.Between()
         """Whether this partition has its process to itself (a child process or a Ray actor):
         then it pauses the process's garbage collector as a one-process run does
         (sim/collector.py); in the driver's process, the driver's run loop does."""
+        self._collections = collector.Between()
 
     def start(self) -> Step:
         """Start the owned nodes (their first datagrams)."""
@@ -150,9 +150,10 @@ class PartitionedRun(RunLoop):
             ]
         elif backend == "processes":
             # The first block runs here, the others in child processes: W processes for W
-            # blocks instead of W + 1 (the driver's routing no longer takes a core from a
-            # worker), and the first block's datagrams never cross a pipe. Children are
-            # spawned first so that they build their nodes while this process builds its own.
+            # blocks instead of W + 1, and the first block's datagrams never cross a pipe.
+            # Children are spawned first so that they build their nodes while this process
+            # builds its own. Like a child, this process then trains on one torch thread
+            # (a process-wide setting: a run on W processes is meant to own the machine).
             children = [
                 _ProcessPartition(dict(payload), self.seed, block) for block in self.blocks[1:]
             ]
