@@ -109,7 +109,7 @@ class RunLoop:
                 yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
             )
             fh = (out / "metrics.jsonl").open("w", encoding="utf-8")
-        collections = collector.Between()
+        between = collector.Between()
         try:
             with collector.paused():  # ~16% of a large run's wall: see sim/collector.py
                 self._start()
@@ -117,7 +117,7 @@ class RunLoop:
                 while t < self.horizon - 1e-9:
                     t = min(self.horizon, t + every)
                     self._advance(t)
-                    collections.at_measurement()  # the only collections during the run
+                    between.at_measurement()  # the only collections during the run
                     rec = self.measure()
                     records.append(rec)
                     walls.append(round(time.perf_counter() - start, 3))
