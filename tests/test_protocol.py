@@ -128,6 +128,28 @@ class TestDiscovery:
         assert (2, a.identity.peer_id) in found  # the odd node knows why, too
         assert sum(1 for _, i, e in net.events if isinstance(e, SchemaMismatch) and i == 0) == 1
 
+    def test_first_shuffle_with_the_bootstrap_does_not_hello_it_again(self) -> None:
+        """Each joining node's first shuffle is with the bootstrap, its only peer, which
+        empties its view until the reply: that alone must not send a second HELLO."""
+        net = build(6)
+        net.run_until(5.0)  # ten shuffle periods, no loss
+        assert [n.counters.get("bootstrap_hellos", 0) for n in net.nodes] == [0, 1, 1, 1, 1, 1]
+
+    def test_node_whose_only_peer_went_silent_hellos_the_bootstrap_again(self) -> None:
+        """The wait for a shuffle reply is bounded: with the bootstrap down, the node it
+        shuffled with says HELLO again after BOOT_RETRY_S, and rejoins once it is back."""
+        net = build(2)
+        net.run_until(0.3)
+        node, boot = net.nodes[1], net.nodes[0]
+        assert boot.identity.peer_id in node.view
+        net.set_down(0, True)
+        net.run_until(3.5)  # its shuffle at ~0.5 s goes unanswered
+        assert not node.view
+        assert node.counters["bootstrap_hellos"] >= 2
+        net.set_down(0, False)
+        net.run_until(7.0)
+        assert boot.identity.peer_id in node.view
+
     def test_view_is_bounded(self) -> None:
         """With 20 nodes and view size 8, no view exceeds 8."""
         net = build(20)

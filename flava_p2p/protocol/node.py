@@ -172,6 +172,11 @@ def genesis_hash(genesis: Vec) -> bytes:
 #: differ a lot from ours (one speaker each) earn them now and then, and must not be graylisted.
 SCREEN_VERDICTS = frozenset({"norm_bound", "opposed", "one_sided", "reference"})
 
+#: Seconds between HELLOs to the bootstrap addresses while the view is empty; also how long a
+#: node whose only peer it just shuffled with waits for that peer's reply before it counts as
+#: isolated.
+BOOT_RETRY_S = 2.0
+
 
 def reputation_rule(gossip: GossipConfig) -> ReputationRule | None:
     """The reputation memory configured in ``gossip`` (None when it is off)."""
@@ -377,7 +382,8 @@ class NodeCore:
         if not self.view and self.bootstrap and now >= self._next_boot:
             for addr in self.bootstrap:
                 self._send_plain(addr, self._hello())
-            self._next_boot = now + 2.0
+            self._count("bootstrap_hellos")
+            self._next_boot = now + BOOT_RETRY_S
         if self.beacon is not None and now >= self._next_beacon:
             group, period = self.beacon
             self._send_plain(group, self._hello(want_reply=False))
@@ -835,6 +841,7 @@ class NodeCore:
         # A shuffle whose reply never came (lost datagram) must not cost us the peer: Cyclon
         # drops Q when shuffling with it, so without this a lossy link slowly empties views.
         # Liveness still removes Q if it is really gone.
+        silent = set(self._unanswered)
         for peer, desc in list(self._unanswered.items()):
             if peer not in self.view and self._dead_until.get(peer, -1.0) <= now:
                 self._learn(desc)
@@ -849,6 +856,14 @@ class NodeCore:
             if self.view.last_removed is not None:
                 self._unanswered[q] = self.view.last_removed
             self._send(q, Shuffle(tuple(sent)))
+            if not self.view and q not in silent:
+                # Q was our only peer. Its reply (one round trip away) refills the view; a
+                # HELLO to the bootstrap now would only make it answer twice. Every joining
+                # node first shuffles with the bootstrap, its only peer: that doubled the
+                # bootstrap's HELLOs (10,000 extra in protocol_10k). Once only: a Q that left
+                # the last shuffle unanswered may be gone, and then the bootstrap is the way
+                # back.
+                self._next_boot = max(self._next_boot, now + BOOT_RETRY_S)
         # Q left the view (Cyclon); it comes back when it answers (or at the next shuffle).
 
     def _probe(self, now: float) -> None:
