@@ -396,6 +396,38 @@ def test_unknown_sender_gets_introduced_not_penalised() -> None:
     assert node_b.wire.knows(ids[0].peer_id)
 
 
+def test_a_new_peers_fragmented_first_delta_is_repaired() -> None:
+    """A stranger's first delta comes in intro fragments and one is lost: B, which never
+    heard of the stranger, learns its keys and its address from the pieces that arrived, so
+    its NACK reaches the stranger and the repair completes the message."""
+    from flava_p2p.wire.endpoint import KIND_NACK, WireEndpoint
+    from flava_p2p.wire.messages import Delta
+    from flava_p2p.wire.tensors import encode_vector
+
+    node_b = lone_core(bytes([79]), dim=3000)
+    node_b.start(0.0)
+    node_b.datagrams_to_send()
+    stranger = WireEndpoint(Identity.from_seed(bytes([78]) * 32), "t")
+    stranger.add_peer(node_b.identity.keys)
+    vector = encode_vector(np.zeros(3000, np.float32))
+    delta = Delta(SCHEMA, node_b.genesis_hash, 0, 1, vector)
+    frags = stranger.seal(node_b.identity.peer_id, delta, 0.1, schema=SCHEMA)
+    assert len(frags) >= 3
+    at = ("10.9.9.9", 4000)
+    for d in frags[:1] + frags[2:]:  # the second piece is lost
+        node_b.receive(d, at, 0.1)
+    nacks = []
+    for k in range(1, 40):  # NACKs are due after a quiet spell
+        node_b.timer(0.1 + 0.05 * k)
+        nacks += [s for s in node_b.datagrams_to_send() if s.datagram[:1] == KIND_NACK]
+    assert nacks and all(s.addr == at for s in nacks)
+    assert not [m for s in nacks for m in stranger.receive(s.datagram, 1.0, "b")]  # no message
+    for _, d in stranger.take_outbox():
+        node_b.receive(d, at, 1.0)
+    assert node_b.counters.get("deltas_received") == 1
+    assert node_b.wire.rejections.total() == 0
+
+
 def test_late_starter_catches_up_instead_of_being_stale() -> None:
     """Round counters are local: a node 30 rounds ahead (it started long before the others)
     must still merge their deltas once they catch up, and never penalise them for lagging."""

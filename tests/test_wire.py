@@ -17,7 +17,13 @@ from flava_p2p.config import Compression
 from flava_p2p.identity import Identity
 from flava_p2p.sim.lossy_link import send_over_lossy_link
 from flava_p2p.wire import envelope as env_mod
-from flava_p2p.wire.endpoint import KIND_ENVELOPE, KIND_INTRO, WireEndpoint
+from flava_p2p.wire.endpoint import (
+    KIND_ENVELOPE,
+    KIND_FRAGMENT,
+    KIND_INTRO,
+    KIND_INTRO_FRAGMENT,
+    WireEndpoint,
+)
 from flava_p2p.wire.envelope import DOMAIN, Header, parse
 from flava_p2p.wire.fragments import Reassembler
 from flava_p2p.wire.messages import (
@@ -353,6 +359,42 @@ class TestIntro:
             assert deliver(b, a.seal(B.peer_id, Ping(10 + k), NOW)) == [Ping(10 + k)]
         assert b.knows(A.peer_id)  # heard after every newcomer: never the oldest
         assert [b.knows(i.peer_id) for i in strangers] == [False, False, True, True]
+
+    def test_a_stranger_reassembles_a_fragmented_first_message(self) -> None:
+        """A first delta too large for one datagram: every fragment carries the intro, so a
+        stranger opens it whatever the order of arrival, and learns the sender's keys and
+        work; once the stranger has answered, fragments go without it."""
+        a = WireEndpoint(A, "testnet")
+        a.intro_work = b"w" * 8
+        a.add_peer(B.keys)
+        msg = Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(np.ones(3000, np.float32)))
+        frags = a.seal(B.peer_id, msg, NOW, schema=SCHEMA)
+        assert len(frags) > 2 and all(d[:1] == KIND_INTRO_FRAGMENT for d in frags)
+        assert all(len(d) <= 1200 for d in frags)
+        b = WireEndpoint(B, "testnet")
+        got = [m for d in reversed(frags) for m in b.receive(d, NOW, "x")]
+        assert b.rejections.total() == 0
+        (inbound,) = got
+        assert inbound.message == msg and inbound.introduced and inbound.work == b"w" * 8
+        assert b.peer_keys(A.peer_id) == A.keys
+        deliver(a, b.seal(A.peer_id, Pong(1), NOW))
+        assert {d[:1] for d in a.seal(B.peer_id, msg, NOW, schema=SCHEMA)} == {KIND_FRAGMENT}
+
+    def test_forged_intro_fragments_teach_nothing(self) -> None:
+        """C claims to be A in a fragment: A's binding does not open C's MAC, and C's binding
+        does not match A's PeerID. Counted, and nothing false is learnt."""
+        c = WireEndpoint(C, "testnet")
+        c.add_peer(B.keys)
+        msg = Delta(SCHEMA, b"g" * 32, 1, 1, encode_vector(np.ones(3000, np.float32)))
+        first = c.seal(B.peer_id, msg, NOW, schema=SCHEMA)[0]
+        at = 1 + 97  # kind, box key, binding, work length (no work), then the fragment
+        assert first[at : at + 1] == KIND_FRAGMENT
+        as_a = first[: at + 1] + A.peer_id + first[at + 1 + len(A.peer_id) :]
+        with_a_binding = first[:1] + A.keys.box_key + A.keys.box_key_sig + first[97:]
+        b = WireEndpoint(B, "testnet")
+        assert b.receive(as_a, NOW, "x") == [] and b.receive(with_a_binding, NOW, "x") == []
+        assert b.rejections.by_reason() == {"identity_mismatch": 2}
+        assert not b.knows(C.peer_id) and not b.knows(A.peer_id)
 
     def test_someone_elses_key_in_the_intro_is_refused(self) -> None:
         """C introduces itself with A's key binding: it does not match C's PeerID."""

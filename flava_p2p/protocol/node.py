@@ -372,6 +372,12 @@ class NodeCore:
                 self._count("dropped_graylisted_peer")
                 continue
             self._handle(inbound, addr, now)
+        peer = self.wire.fragment_from
+        if peer is not None and peer not in self._addr_of:
+            # An authenticated piece of a new peer's first message (an intro fragment): the
+            # peer is at this address, and our NACKs for the missing pieces must reach it.
+            self._addr_of[peer] = addr
+            self.view.rehost(peer)
         self._flush_wire()
 
     def timer(self, now: float) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 import numpy as np
@@ -67,6 +67,14 @@ know us yet (it learnt of us through peer sampling); the prefix is self-certifyi
 can check it against the sender's PeerID, compute the pair key and open the envelope at once,
 instead of refusing it and trading HELLOs first. The prefix is part of the envelope's
 associated data, so its tag covers it too."""
+KIND_INTRO_FRAGMENT = b"\x05"
+"""A fragment (KIND_FRAGMENT body, MAC and all) of a message to a peer that has not yet sent us
+anything sealed, prefixed with the same intro as KIND_INTRO: ``intro | fragment``. Every
+fragment of the message carries it, since any of them may arrive first. The fragment MAC,
+keyed from the pair key the intro lets the receiver compute, authenticates the fragment; the
+intro itself is self-certifying (binding signature against the PeerID, work nonce bound to
+it), so it needs no tag of its own. Without it, a first delta too large for one datagram was
+refused as from an unknown sender and lost."""
 MAX_INTRO_WORK = 32
 MAX_KNOWN_PEERS = 16_384
 """Keys kept in the directory. Anyone can mint identities and announce them (a HELLO, an intro,
@@ -194,6 +202,10 @@ class WireEndpoint:
         self._prefix = (NETMAC_BYTES if network_key else 0) + 1
         self.intro_work = b""
         """Our identity-work nonce, sent in intros (set by the node; empty: none needed)."""
+        self.fragment_from: bytes | None = None
+        """The sender of the last datagram received, if it was a fragment whose MAC checked
+        out (else None): the node learns from it where to send its NACKs when the sender's
+        first message is still in pieces."""
 
     # ------------------------------------------------------------------ directory
     def add_peer(self, keys: PeerKeys) -> None:
@@ -263,22 +275,22 @@ class WireEndpoint:
         }
         intro = self._intro() if recipient is not None and not recipient.heard else b""
         envelope = self._seal_envelope(fields, plaintext, recipient, intro)
+        head = b""  # before each fragment: the intro, when it does not fit in one datagram
         if intro and len(intro) + len(envelope) + self._prefix > self.mtu:
-            # too large to introduce us in one datagram (rare): sealed without, as before
-            intro = b""
+            head, intro = KIND_INTRO_FRAGMENT + intro, b""
             envelope = self._seal_envelope(fields, plaintext, recipient)
         if intro:
             out = [self._wrap(KIND_INTRO + intro + envelope)]
-        elif len(envelope) + self._prefix <= self.mtu:
+        elif not head and len(envelope) + self._prefix <= self.mtu:
             out = [self._wrap(KIND_ENVELOPE + envelope)]
         else:
             if to is None or to not in self._peers:
                 raise ValueError("large plaintext messages need a known recipient")
-            chunk = fr.fragment_payload_size(self.mtu, self._prefix)
+            chunk = fr.fragment_payload_size(self.mtu, self._prefix + len(head))
             bodies = fr.make_fragments(
                 KIND_FRAGMENT, self.identity.peer_id, seq, envelope, self._peers[to].frag_key, chunk
             )
-            out = [self._wrap(b) for b in bodies]
+            out = [self._wrap(head + b) for b in bodies]
             self.send_buffer.remember(seq, to, out, now)
         self.bytes_out += sum(len(d) for d in out)
         return out
@@ -303,6 +315,7 @@ class WireEndpoint:
     def receive(self, datagram: bytes, now: float, source: str = "?") -> list[Inbound]:
         """Validate one datagram; returns the messages it completes (0 or 1)."""
         self.bytes_in += len(datagram)
+        self.fragment_from = None
         addr = f"addr:{source}"
         try:
             return self._receive(datagram, now, addr)
@@ -327,6 +340,8 @@ class WireEndpoint:
             return self._introduced(body[1:], now, addr)
         if kind == KIND_FRAGMENT:
             return self._fragment(body, now, addr)
+        if kind == KIND_INTRO_FRAGMENT:
+            return self._introduced_fragment(body[1:], now, addr)
         if kind == KIND_NACK:
             self._nack(body, now, addr)
             return []
@@ -342,13 +357,16 @@ class WireEndpoint:
             raise _Reject(addr, "unknown_sender")
         return sender, known
 
-    def _fragment(self, body: bytes, now: float, addr: str) -> list[Inbound]:
+    def _fragment(
+        self, body: bytes, now: float, addr: str, intro: bytes | None = None
+    ) -> list[Inbound]:
         sender, known = self._known_sender(body, addr)
         try:
             frag = fr.open_fragment(body, known.frag_key, self.max_message)
         except fr.FragmentError as exc:
             raise _Reject(addr, exc.reason) from None
         source = peer_id_to_str(sender)  # pairwise MAC verified: attributable from here on
+        self.fragment_from = sender
         try:
             envelope = self.reassembler.add(frag, now)
         except fr.FragmentError as exc:
@@ -358,6 +376,8 @@ class WireEndpoint:
         inbound = self._envelope(envelope, now, addr)
         if inbound and (inbound[0].sender != sender or inbound[0].header.seq != frag.seq):
             raise _Reject(source, "bad_fragment")
+        if inbound and intro is not None:  # its sender may be new to the node, as for KIND_INTRO
+            return [replace(inbound[0], work=intro[_INTRO_FIXED:], introduced=True)]
         return inbound
 
     def _nack(self, body: bytes, now: float, addr: str) -> None:
@@ -370,10 +390,31 @@ class WireEndpoint:
             self._outbox.append((sender, dgram))
 
     def _introduced(self, body: bytes, now: float, addr: str) -> list[Inbound]:
-        if len(body) < _INTRO_FIXED or body[_INTRO_SIG_END] > MAX_INTRO_WORK:
+        intro, envelope = _split_intro(body, addr)
+        return self._envelope(envelope, now, addr, intro)
+
+    def _introduced_fragment(self, body: bytes, now: float, addr: str) -> list[Inbound]:
+        intro, frag = _split_intro(body, addr)
+        if frag[:1] != KIND_FRAGMENT:
             raise _Reject(addr, "malformed")
-        end = _INTRO_FIXED + body[_INTRO_SIG_END]
-        return self._envelope(body[end:], now, addr, body[:end])
+        try:
+            sender = fr.peek_sender(frag)
+        except fr.FragmentError as exc:
+            raise _Reject(addr, exc.reason) from None
+        self._learn_intro(sender, intro, addr)  # its fragment MAC then authenticates it
+        return self._fragment(frag, now, addr, intro)
+
+    def _learn_intro(self, sender: bytes, intro: bytes, addr: str) -> None:
+        """Learn an unknown sender's keys from its intro (self-certifying, like a
+        descriptor); a binding that is not the sender's is charged to the address."""
+        if sender in self._peers:
+            return
+        try:
+            vk = verify_key_from_peer_id(sender)
+            box_key, sig = intro[:_INTRO_KEY_END], intro[_INTRO_KEY_END:_INTRO_SIG_END]
+            self.add_peer(PeerKeys(sender, vk, box_key, sig))
+        except IdentityError:
+            raise _Reject(addr, "identity_mismatch") from None
 
     def _envelope(
         self, data: bytes, now: float, addr: str, intro: bytes | None = None
@@ -420,13 +461,8 @@ class WireEndpoint:
                 raise _Reject(addr, exc.reason) from None
             return env.payload
         sender = env.header.sender
-        if intro is not None and sender not in self._peers:
-            try:
-                vk = verify_key_from_peer_id(sender)
-                box_key, sig = intro[:_INTRO_KEY_END], intro[_INTRO_KEY_END:_INTRO_SIG_END]
-                self.add_peer(PeerKeys(sender, vk, box_key, sig))
-            except IdentityError:
-                raise _Reject(addr, "identity_mismatch") from None
+        if intro is not None:
+            self._learn_intro(sender, intro, addr)
         known = self._peers.get(sender)
         if known is None:
             # Not attributable (only the claimed sender's key could tell), but normal in a
@@ -512,6 +548,14 @@ class _Reject(Exception):  # noqa: N818 (internal control flow, never escapes re
         super().__init__(reason)
         self.source = source
         self.reason = reason
+
+
+def _split_intro(body: bytes, addr: str) -> tuple[bytes, bytes]:
+    """``intro | rest`` → (intro, rest); a malformed intro is charged to the address."""
+    if len(body) < _INTRO_FIXED or body[_INTRO_SIG_END] > MAX_INTRO_WORK:
+        raise _Reject(addr, "malformed")
+    end = _INTRO_FIXED + body[_INTRO_SIG_END]
+    return body[:end], body[end:]
 
 
 def _netmac(key: bytes, body: bytes) -> bytes:
