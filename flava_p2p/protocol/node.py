@@ -866,7 +866,7 @@ class NodeCore:
                 # Q was our only peer. Its reply (one round trip away) refills the view; a
                 # HELLO to the bootstrap now would only make it answer twice. Every joining
                 # node first shuffles with the bootstrap, its only peer: that doubled the
-                # bootstrap's HELLOs (10,000 extra in protocol_10k). Once only: a Q that left
+                # bootstrap's HELLOs (~9,250 extra in protocol_10k). Once only: a Q that left
                 # the last shuffle unanswered may be gone, and then the bootstrap is the way
                 # back.
                 self._next_boot = max(self._next_boot, now + BOOT_RETRY_S)
