@@ -325,6 +325,66 @@ class TestView:
             recount = Counter(h for q in view.peers() if (h := host_of(q)) is not None)
             assert view.host_counts == recount, step
 
+    def test_ages_and_evictions_match_a_plain_model(self) -> None:
+        """The view counts ages from a shuffle clock and finds the oldest through a heap. Over
+        random adds (new, refreshed younger and older), removals, shuffles and merges, a plain
+        dict of ages, aged one by one and scanned for the oldest (ties: the smallest PeerID),
+        must agree on the members, on every age sent, on Q and on every eviction."""
+        import random
+
+        rng = random.Random(5)
+        me = Identity.from_seed(b"m" * 32)
+        ids = [bytes([i]) * 4 for i in range(1, 40)]
+        view = PeerSamplingView(me.peer_id, 10, random.Random(0))
+        model: dict[bytes, int] = {}
+
+        def oldest() -> bytes:
+            return max(sorted(model), key=lambda p: model[p])
+
+        def model_add(p: bytes, age: int) -> None:
+            if p in model:
+                model[p] = min(model[p], age)
+            else:
+                if len(model) >= 10:
+                    del model[oldest()]
+                model[p] = age
+
+        def desc(p: bytes, age: int) -> PeerDescriptor:
+            return PeerDescriptor(p, b"k" * 32, b"s" * 64, (), age=age)
+
+        for step in range(3000):
+            op = rng.randrange(4)
+            if op == 0:
+                p, age = rng.choice(ids), rng.randrange(6)
+                view.add(desc(p, age))
+                model_add(p, age)
+            elif op == 1:
+                p = rng.choice(ids)
+                view.remove(p)
+                model.pop(p, None)
+            elif op == 2 and model:
+                for p in model:
+                    model[p] += 1
+                q_model = oldest()
+                del model[q_model]
+                started = view.start_shuffle(4, desc(me.peer_id, 0))
+                assert started is not None
+                q, sent = started
+                assert q == q_model, step
+                assert all(d.age == model[d.peer_id] for d in sent[1:]), step
+            elif op == 3:
+                received = [desc(p, rng.randrange(6)) for p in rng.sample(ids, 3)]
+                replaceable = view.peers()[:2]
+                view.merge(received, replaceable)
+                victims = [p for p in replaceable if p in model]
+                for d in received:
+                    if d.peer_id in model or len(model) < 10:
+                        model_add(d.peer_id, d.age)
+                    elif victims:
+                        del model[victims.pop()]
+                        model_add(d.peer_id, d.age)
+            assert view.peers() == sorted(model), step
+
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_tiny_networks_work(n: int) -> None:
