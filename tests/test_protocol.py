@@ -241,6 +241,22 @@ class TestFaults:
 
 
 class TestLiveness:
+    def test_overdue_probes_are_reported_in_first_heard_order(self) -> None:
+        """expire() scans only the peers with a probe out (a set), yet reports them in the
+        order the peers were first heard from, so a seeded run reproduces whatever the
+        hash seed; a forgotten peer heard again counts as new."""
+        lv = Liveness(initial_timeout=1.0)
+        peers = [bytes([i]) * 8 for i in (9, 3, 7, 1, 5, 8, 2, 6)]
+        for p in peers:
+            lv.heard_from(p, 0.0)
+        lv.forget(peers[0])
+        lv.heard_from(peers[0], 0.0)
+        for k, p in enumerate(reversed(peers)):
+            lv.probe_sent(p, k, 0.0)
+        expected = [(p, PeerState.SUSPECT) for p in [*peers[1:], peers[0]]]
+        assert lv.expire(2.0) == expected
+        assert lv.expire(3.0) == []
+
     def test_probe_suspect_dead_alive(self) -> None:
         """Missed probes: suspect, then dead after dead_after; any message revives."""
         lv = Liveness(initial_timeout=1.0, dead_after=2)

@@ -27,6 +27,7 @@ class _Peer:
     misses: int = 0
     pending: tuple[int, float] | None = None  # (nonce, sent_at)
     last_heard: float = 0.0
+    seq: int = 0  # creation order: expire() reports in this order, whatever it scans
 
 
 class Liveness:
@@ -42,6 +43,14 @@ class Liveness:
         # Peers with an outstanding probe: next_deadline() runs after every event, so it
         # must not scan every peer ever heard from (thousands in a large network).
         self._pending: set[bytes] = set()
+        self._created = 0
+
+    def _peer(self, peer: bytes, now: float) -> _Peer:
+        p = self._peers.get(peer)
+        if p is None:
+            self._created += 1
+            p = self._peers[peer] = _Peer(last_heard=now, seq=self._created)
+        return p
 
     def state(self, peer: bytes) -> PeerState:
         """Current state (unknown peers count as alive)."""
@@ -57,12 +66,12 @@ class Liveness:
 
     def heard_from(self, peer: bytes, now: float) -> None:
         """Any authenticated message proves the peer alive."""
-        p = self._peers.setdefault(peer, _Peer())
+        p = self._peer(peer, now)
         p.state, p.misses, p.last_heard = PeerState.ALIVE, 0, now
 
     def probe_sent(self, peer: bytes, nonce: int, now: float) -> None:
         """Record an outstanding PING."""
-        self._peers.setdefault(peer, _Peer(last_heard=now)).pending = (nonce, now)
+        self._peer(peer, now).pending = (nonce, now)
         self._pending.add(peer)
 
     def pong(self, peer: bytes, nonce: int, now: float) -> float | None:
@@ -84,12 +93,19 @@ class Liveness:
     def expire(self, now: float) -> list[tuple[bytes, PeerState]]:
         """Time out overdue probes; returns peers whose state changed, with the new state."""
         changed: list[tuple[bytes, PeerState]] = []
-        if not self._pending:
-            return changed
-        for peer, p in self._peers.items():
-            # Same expression as next_deadline(): `now - sent < timeout` can disagree by an ulp.
-            if p.pending is None or now < p.pending[1] + self.timeout(peer):
-                continue
+        peers = self._peers
+        # Same expression as next_deadline(): `now - sent < timeout` can disagree by an ulp.
+        # Only peers with a probe out are scanned (not all peers ever heard from), and the
+        # overdue ones are handled in creation order, as a set's order is not reproducible.
+        due = [
+            k
+            for k in self._pending
+            if (pending := peers[k].pending) is not None and now >= pending[1] + self.timeout(k)
+        ]
+        if len(due) > 1:
+            due.sort(key=lambda k: peers[k].seq)
+        for peer in due:
+            p = peers[peer]
             p.pending = None
             self._pending.discard(peer)
             p.misses += 1

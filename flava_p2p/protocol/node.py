@@ -873,9 +873,9 @@ class NodeCore:
         # Q left the view (Cyclon); it comes back when it answers (or at the next shuffle).
 
     def _probe(self, now: float) -> None:
-        peers = self.view.peers()
-        if unreachable := set(peers) - self._addr_of.keys():  # set ops: views can be large
-            peers = [p for p in peers if p not in unreachable]
+        peers, known = self.view.order, self._addr_of
+        if not all(map(known.__contains__, peers)):  # a C loop: views can be large
+            peers = [p for p in peers if p in known]
         if not peers:
             return
         peer = self.rng.choice(peers)

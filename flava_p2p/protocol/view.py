@@ -13,7 +13,7 @@ import bisect
 import heapq
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from flava_p2p.wire.messages import PeerDescriptor
@@ -66,6 +66,11 @@ class PeerSamplingView:
     def peers(self) -> list[bytes]:
         """PeerIDs in the view, in a stable order (sorted) so seeded sampling reproduces."""
         return list(self._order)
+
+    @property
+    def order(self) -> Sequence[bytes]:
+        """The same PeerIDs without a copy (read only; it changes with the view)."""
+        return self._order
 
     def descriptor(self, peer: bytes) -> PeerDescriptor | None:
         """The stored descriptor of ``peer``."""
@@ -142,7 +147,7 @@ class PeerSamplingView:
 
     def sample(self, k: int, exclude: set[bytes] | None = None) -> list[bytes]:
         """Up to ``k`` distinct random peers (gossip targets)."""
-        pool = [p for p in self.peers() if not exclude or p not in exclude]
+        pool = [p for p in self._order if p not in exclude] if exclude else self._order
         return self.rng.sample(pool, min(k, len(pool)))
 
     # ------------------------------------------------------------------ Cyclon
