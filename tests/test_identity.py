@@ -56,6 +56,51 @@ class TestPeerId:
         with pytest.raises(IdentityError):
             peer_id_from_str(b58encode(b"\x00\x24" + b"x" * 36))
 
+    def test_the_hand_parser_answers_as_the_multiaddr_package(self) -> None:
+        """The canonical UDP form is parsed without the multiaddr package (it is slow); every
+        text the hand parser takes must give the package's answer, the canonical ones must be
+        taken (else the fast path is dead), and near misses are left to the package."""
+        from flava_p2p.identity import _canonical_udp, _parse_with_package
+
+        ident = Identity.from_seed(b"a" * 32)
+        pid = ident.peer_id_str
+        canonical = [
+            make_multiaddr("10.1.2.3", 9000, ident.peer_id),
+            make_multiaddr("0.0.0.0", 0, ident.peer_id),
+            make_multiaddr("255.255.255.255", 65535, ident.peer_id),
+            "/ip4/10.0.0.1/udp/5",
+        ]
+        near = [
+            f"/ip4/010.1.2.3/udp/9000/p2p/{pid}",
+            f"/ip4/10.1.2.3/udp/09000/p2p/{pid}",
+            f"/ip4/10.1.2.3/udp/65536/p2p/{pid}",
+            f"/ip4/10.1.2.3/udp/+5/p2p/{pid}",
+            f"/ip4/10.1.2.3/udp/٣/p2p/{pid}",  # a non-ASCII digit
+            f"/ip4/10.1.2/udp/9000/p2p/{pid}",
+            f"/ip4/10.1.2.3/udp/9000/p2p/{pid}/",
+            f"/ip4/10.1.2.3/udp/9000/p2p/{pid[:-1]}",
+            f"/ip4/10.1.2.3/udp/9000/ipfs/{pid}",
+            f"/ip4/10.1.2.3/tcp/9000/p2p/{pid}",
+            f"/ip6/::1/udp/9000/p2p/{pid}",
+            f"ip4/10.1.2.3/udp/9000/p2p/{pid}",
+            "/ip4/10.1.2.3/udp/9000/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        ]
+        for text in canonical:
+            fast = _canonical_udp(text)
+            assert fast is not None, text
+            assert fast == _parse_with_package(text) == parse_multiaddr(text)
+        for text in near:
+            assert _canonical_udp(text) is None, text
+            try:
+                package: object = _parse_with_package(text)
+            except IdentityError as exc:
+                package = type(exc)
+            try:
+                ours: object = parse_multiaddr(text)
+            except IdentityError as exc:
+                ours = type(exc)
+            assert ours == package, text
+
     def test_x25519_key_is_bound_by_identity_key(self) -> None:
         """The encryption key is signed by the identity key; another's signature fails."""
         a, b = Identity.generate(), Identity.generate()
