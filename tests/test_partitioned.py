@@ -95,6 +95,25 @@ class TestSameBytes:
         assert metrics(tmp_path / "procs") == metrics(tmp_path / "local")
         assert s["engine"]["kind"] == "processes" and s["engine"]["windows"] > 100
 
+    def test_worker_processes_train_on_one_thread_each(
+        self, tiny_corpus: Path, tmp_path: Path
+    ) -> None:
+        """Building a partition's learners sets learner.threads; each process of a
+        ``processes`` run then goes back to one torch thread (it has one core: two children
+        on two threads each made a 2,000-node DP run 1.4x slower). Same bytes as one process
+        on two threads."""
+        sc = scenario(
+            nodes=4,
+            rounds=3,
+            learner={"kind": "real", "model": "embed_linear", "threads": 2},
+            data={"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
+            network={"min_latency_s": 0.01},
+        )
+        run_scenario(sc, tmp_path / "local", seed=4)
+        s = run_partitioned(sc, tmp_path / "procs", seed=4, workers=2, backend="processes")
+        assert metrics(tmp_path / "procs") == metrics(tmp_path / "local")
+        assert s["engine"]["torch_threads"] == [1, 1]
+
     def test_two_ray_workers_equal_one_process(self, tmp_path: Path) -> None:
         """A local Ray cluster of two CPU workers (real actors, real processes)."""
         ray = pytest.importorskip("ray")
