@@ -18,7 +18,7 @@ from flava_p2p.config import (
     TrainingConfig,
     validate_config,
 )
-from flava_p2p.learning.models import build_model, schema_card, schema_hash
+from flava_p2p.learning.models import build_model, predict_classes, schema_card, schema_hash
 from flava_p2p.learning.trainer import LocalTrainer
 from flava_p2p.speech import encoder as enc
 from flava_p2p.speech.dataset import load_features, scan_corpus
@@ -118,6 +118,19 @@ class TestHeads:
         else:
             torch.testing.assert_close(model(pooled), logits)
             torch.testing.assert_close(pooled.norm(dim=1), torch.ones(4))
+
+    @pytest.mark.parametrize("pooling", ["meanmax", "mean"])
+    def test_pooling_once_scores_exactly_as_pooling_per_batch(self, pooling: str) -> None:
+        """The simulator scores every node's model on the held-out clips pooled once
+        (sim/real_learners.py); predictions must be the very ones of pooling inside each
+        64-clip forward, bit for bit, or recorded accuracies would drift."""
+        cfg = ModelConfig.model_validate({"name": "embed_linear", "pooling": pooling})
+        model = build_model(cfg, 12, 96, 37)
+        x = torch.randn(300, 1, 96, 37, generator=torch.Generator().manual_seed(3))
+        pooled = model.precompute(x)  # type: ignore[operator]
+        batches = torch.cat([model.precompute(x[i : i + 64]) for i in range(0, 300, 64)])  # type: ignore[operator]
+        assert torch.equal(pooled, batches)
+        assert torch.equal(predict_classes(model, pooled), predict_classes(model, x))
 
     def test_schema_card_names_what_differs(self) -> None:
         """Two nodes with other heads or encoders differ in the card field that says so."""
