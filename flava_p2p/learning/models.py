@@ -186,6 +186,13 @@ class EmbeddingHead(nn.Module):
         return logits
 
 
+def pool_once(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` pooled to one vector per clip when ``model`` is a head with fixed pooling (its
+    ``forward`` accepts them in place of ``x``), else None. Callers that run the model many
+    times on the same clips (training steps, scoring, screening) pool once with this."""
+    return model.precompute(x) if isinstance(model, EmbeddingHead) else None
+
+
 @register_model("embed_linear")
 def _embed_linear(cfg: ModelConfig, n_classes: int, n_features: int, n_frames: int) -> nn.Module:
     return EmbeddingHead(n_classes, n_features, cfg.pooling)

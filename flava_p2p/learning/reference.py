@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from flava_p2p.config import ModelConfig
 from flava_p2p.learning.audit import per_example_loss
-from flava_p2p.learning.models import EmbeddingHead, build_model
+from flava_p2p.learning.models import EmbeddingHead, build_model, pool_once
 from flava_p2p.speech.dataset import FeatureSet
 
 Vec = npt.NDArray[np.float32]
@@ -29,11 +29,10 @@ def reference_loss_fn(
     _, _, n_feat, n_frames = reference.features.shape
     net = build_model(model_cfg, n_classes, int(n_feat), int(n_frames))
     x = reference.features
-    if isinstance(net, EmbeddingHead):
-        # Fixed pooling is a function of the clip alone: pool the clips once, not on every
-        # received model (it was a third of the screen's time in a 2,000-node simulation).
-        pooled = net.precompute(x)
-        x = x if pooled is None else pooled
+    # Fixed pooling is a function of the clip alone: pool the clips once, not on every
+    # received model (it was a third of the screen's time in a 2,000-node simulation).
+    if (pooled := pool_once(net, x)) is not None:
+        x = pooled
 
     def loss(weights: Vec) -> float:
         return float(per_example_loss(net, weights, x, reference.labels).mean())

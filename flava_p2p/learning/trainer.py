@@ -32,6 +32,7 @@ from flava_p2p.learning.metrics import classification_report
 from flava_p2p.learning.models import (
     EmbeddingHead,
     build_model,
+    pool_once,
     predict_classes,
     schema_card,
     schema_hash,
@@ -240,7 +241,7 @@ class LocalTrainer:
             self._clips = [self._clips[i] for i in keep.tolist()]
         # Heads over a frozen encoder with fixed pooling see each clip as one pooled vector:
         # pool once here rather than every step (a fixed function of one clip: no privacy cost).
-        pooled = self.model.precompute(self._x) if isinstance(self.model, EmbeddingHead) else None
+        pooled = pool_once(self.model, self._x)
         if pooled is not None:
             self._x = pooled
         #: Linear heads under DP take the closed-form step (linear_dp.py), equal to Opacus'.

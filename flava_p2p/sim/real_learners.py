@@ -8,8 +8,10 @@ node. With ``learner.workers > 1`` the trainers live in worker processes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,6 @@ class RealLearners:
         train = fs.split("train")
         test = _held_out(sc, fs, root, labels, enc_threads, seed)
         self.test = test
-        self._pooled_test: FeatureSet | None = None
         self.n_classes = len(fs.label_names)
         self._reference_set = _reference_set(sc, fs, seed)
         #: Per audited node: mislabelled canary clips, half trained on (by a seeded coin).
@@ -241,28 +242,20 @@ class RealLearners:
             return {}
         if self._pool is not None:
             return self._pool.evaluate(models)
-        test = self._scoring_set()
+        test = self._scoring_set
         return {
             k: self._first.evaluate_weights(models[k], test)["accuracy"] for k in sorted(models)
         }
 
+    @cached_property
     def _scoring_set(self) -> FeatureSet:
         """The held-out set as the scorer's model reads it: with fixed pooling, the clips
         pooled once (a fixed function of each clip, row for row the same as pooling inside
         every forward), not once per scored model — that pooling was ~12% of a 2,000-node run."""
-        if self._pooled_test is None:
-            import dataclasses
+        from flava_p2p.learning.models import pool_once
 
-            from flava_p2p.learning.models import EmbeddingHead
-
-            model = self._first.model
-            pooled = (
-                model.precompute(self.test.features) if isinstance(model, EmbeddingHead) else None
-            )
-            self._pooled_test = (
-                self.test if pooled is None else dataclasses.replace(self.test, features=pooled)
-            )
-        return self._pooled_test
+        pooled = pool_once(self._first.model, self.test.features)
+        return self.test if pooled is None else dataclasses.replace(self.test, features=pooled)
 
     def audit(self, models: dict[int, Vec], max_nodes: int, delta: float) -> dict[str, Any]:
         """Membership inference against each audited node's model (see learning/audit.py)."""
