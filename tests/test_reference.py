@@ -53,3 +53,21 @@ def test_anchor_is_sgd_on_the_reference_and_lowers_its_loss(pooling: str) -> Non
         opt.step()
     by_autograd = torch.nn.utils.parameters_to_vector(params).detach().numpy()
     np.testing.assert_allclose(moved, by_autograd, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["meanmax", "mean", "attention"])
+def test_reference_loss_is_the_mean_cross_entropy_of_the_model(pooling: str) -> None:
+    """The screen's loss (a closed form for the linear head on fixed pooling, the module
+    otherwise) is the model's mean cross-entropy on the reference clips, for trained and
+    untrained weights alike."""
+    ref = _reference()
+    cfg = ModelConfig(name="embed_linear", pooling=pooling)
+    net = build_model(cfg, N_CLASSES, DIM, WINDOWS)
+    loss = reference_loss_fn(cfg, N_CLASSES, ref)
+    rng = np.random.default_rng(1)
+    start = torch.nn.utils.parameters_to_vector(net.parameters()).detach().numpy().copy()
+    for weights in (start, (3.0 * rng.normal(size=start.shape)).astype(np.float32)):
+        torch.nn.utils.vector_to_parameters(torch.as_tensor(weights), net.parameters())
+        with torch.no_grad():
+            expected = torch.nn.functional.cross_entropy(net(ref.features), ref.labels)
+        assert loss(weights) == pytest.approx(float(expected), rel=1e-5)
