@@ -426,3 +426,37 @@ def test_node_level_epsilon_is_reported_with_message_noise(tmp_path: Path) -> No
     plain = run_scenario(small_scenario(), tmp_path / "p", seed=1)
     assert "node_level" not in plain["privacy"]
     assert "node_epsilon_max" not in (tmp_path / "p" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("learner", ["none", "synthetic"])
+def test_runs_without_a_real_learner_never_import_torch(tmp_path: Path, learner: str) -> None:
+    """Protocol-only and non-private synthetic runs start without torch: ~4 s and ~0.7 GB less
+    per run, which matters for sweeps of many small protocol runs. (The DP accountant is
+    Opacus's, which imports torch: a private synthetic run still loads it.)"""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from flava_p2p.cli.sim import main\n"
+        "assert main() == 0\n"
+        "heavy = ('torch', 'opacus', 'torchaudio')\n"
+        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"name: t\nnodes: 4\nrounds: 2\nlearner: {{kind: {learner}}}\n"
+        "privacy: {epsilon: null}\nmetrics: {plots: false}\n"
+    )
+    args = ["run", str(path), "--out", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout, done.stdout[-500:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["learner"] == learner

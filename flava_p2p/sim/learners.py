@@ -85,10 +85,12 @@ def label_flippers(sc: Scenario) -> set[int]:
 # ----------------------------------------------------------------------------- real
 def make_learners(sc: Scenario, seed: int) -> Learners:
     """The learner family the scenario asks for."""
-    from flava_p2p.sim.real_learners import RealLearners
+    # Imported per kind: the real learners pull in torch (~1 s and ~0.5 GB), which a
+    # protocol-only or synthetic run never uses.
     from flava_p2p.sim.toy_learners import StaticLearners, SyntheticLearners
 
     if sc.learner.kind == "real":
+        from flava_p2p.sim.real_learners import RealLearners
         from flava_p2p.sim.vector_learners import VectorLearners, vectorisable
 
         batched = sc.learner.batched

@@ -4,14 +4,18 @@ changes: the run measures the protocol alone)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 
 from flava_p2p.attacks import flip_labels
-from flava_p2p.learning.ledger import PrivacyLedger
 from flava_p2p.sim.learners import OneByOne, label_flippers, node_privacy
 from flava_p2p.sim.scenario import Scenario
 from flava_p2p.wire.messages import DpInfo
+
+if TYPE_CHECKING:
+    from flava_p2p.learning.ledger import PrivacyLedger
 
 Vec = npt.NDArray[np.float32]
 
@@ -48,6 +52,10 @@ class SyntheticLearners(OneByOne):
         self._taken = [0] * sc.nodes
         self.ledger: PrivacyLedger | None = None
         if sc.privacy.epsilon is not None:
+            # Here, not at the top: the accountant imports Opacus and so torch, which a run
+            # without DP never needs.
+            from flava_p2p.learning.ledger import PrivacyLedger
+
             self.ledger = PrivacyLedger.plan(node_privacy(sc), self.batch / n)
         self._eps_cache: dict[int, float] = {}
 
