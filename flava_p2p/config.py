@@ -187,6 +187,12 @@ class GossipConfig(_Strict):
     """Peers that receive this node's delta each round."""
     view_size: int = Field(default=16, ge=2, le=1024)
     """Size of the peer-sampling view."""
+    max_known_peers: int = Field(default=16_384, ge=16, le=1 << 20)
+    """How many peers a node remembers, its view included: their keys, pairwise session
+    keys, addresses and liveness records (~1.2 KB each). Shuffles keep introducing new peers,
+    so without a bound this grows with the network. The least recently heard or mentioned
+    are forgotten first, never view members, and are learned again from a later shuffle.
+    Raised to at least 4 × ``view_size``."""
     aggregation: AggregationName = "clipped"
     """Merging rule; ``clipped`` is self-centred clipping (ClippedGossip), robust by default."""
     compression: Compression = "fp16"

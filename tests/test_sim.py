@@ -258,6 +258,26 @@ class TestTopologies:
         s = run_scenario(scenario(nodes=10, topology=topo, privacy={"epsilon": None}))
         assert s["final"]["honest_mean_acc"] > 0.6  # 10 classes: chance is 0.1
 
+    def test_known_peers_stay_bounded_and_the_network_keeps_learning(self) -> None:
+        """Shuffles keep introducing peers; past ``gossip.max_known_peers`` a node forgets the
+        least recently heard (never its view) and what it kept on them, and still learns."""
+        topo = {"kind": "dynamic", "known_peers": 4}  # the view: 4 peers
+        over = {"gossip": {"max_known_peers": 16}, "privacy": {"epsilon": None}}
+        sim = Simulation(scenario(nodes=80, rounds=12, topology=topo, **over))
+        summary = sim.run()
+        assert summary["final"]["honest_mean_acc"] > 0.6
+        forgot = 0
+        for core in sim.net.nodes:
+            assert len(core.wire._peers) <= 16
+            assert all(core.wire.knows(p) for p in core.view.peers())  # the view is sendable
+            # Pruned when the address book reaches twice the bound (plus one shuffle's worth).
+            assert len(core._addr_of) <= 2 * 16 + 8 and len(core._announced) <= 2 * 16 + 8
+            forgot += core.counters.get("strangers_forgotten", 0)
+        assert forgot > 0
+        unbounded = Simulation(scenario(nodes=80, rounds=12, topology=topo))
+        unbounded.run()
+        assert max(len(c._addr_of) for c in unbounded.net.nodes) > 2 * 16 + 8  # it would grow
+
     def test_impossible_regular_graph_is_a_clear_error(self) -> None:
         with pytest.raises(FlavaError, match="degree"):
             Simulation(scenario(nodes=5, topology={"kind": "regular", "degree": 3}))

@@ -7,6 +7,7 @@ authenticated message from the peer makes it *alive* again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -123,6 +124,10 @@ class Liveness:
             if (pending := self._peers[k].pending) is not None
         ]
         return min(times) if times else None
+
+    def forget_idle(self, keep: Callable[[bytes], bool]) -> None:
+        """Forget every peer without an outstanding probe for which ``keep`` is false."""
+        self._peers = {p: r for p, r in self._peers.items() if p in self._pending or keep(p)}
 
     def forget(self, peer: bytes) -> None:
         """Drop all state for a peer."""

@@ -195,9 +195,11 @@ class WireEndpoint:
         self.rejections = RejectionCounter()
         self.bytes_in = 0
         self.bytes_out = 0
-        self._peers: dict[bytes, _Known] = {}  # in order of last authenticated contact
+        self._peers: dict[bytes, _Known] = {}  # in order of last contact or mention
         self._own_secret = bytes(identity.box_key)
         self.max_peers = MAX_KNOWN_PEERS
+        self.pinned: Callable[[bytes], bool] | None = None
+        """Peers never forgotten to make room (the node pins its view)."""
         self._outbox: list[tuple[bytes, bytes]] = []  # (peer, datagram)
         self._prefix = (NETMAC_BYTES if network_key else 0) + 1
         self.intro_work = b""
@@ -212,12 +214,24 @@ class WireEndpoint:
         """Learn a peer's keys (self-certifying: checked against its PeerID)."""
         known = self._peers.get(keys.peer_id)
         if known is not None and known.keys == keys:
-            return  # these exact keys were checked when first learned
+            # These exact keys were checked when first learned. Mentioned again, it moves to
+            # the young end: a peer about to enter the view must not be the next forgotten.
+            self._peers[keys.peer_id] = self._peers.pop(keys.peer_id)
+            return
         self._check_keys(keys)
         self._peers.pop(keys.peer_id, None)
         self._peers[keys.peer_id] = _Known(keys, self._own_secret)
         if len(self._peers) > self.max_peers:
-            self._peers.pop(next(iter(self._peers)))
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Forget the least recently heard peer that is not pinned (in the node's view: the
+        node sends to those without checking, so their keys must stay)."""
+        pinned = self.pinned
+        for peer in self._peers:
+            if pinned is None or not pinned(peer):
+                del self._peers[peer]  # and stop iterating at once
+                return
 
     def knows(self, peer_id: bytes) -> bool:
         """Whether ``peer_id``'s encryption key is known."""
