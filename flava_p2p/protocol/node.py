@@ -224,6 +224,13 @@ def _addrs_host(addrs: tuple[str, ...]) -> str | None:
     return None
 
 
+def _keys_of(desc: PeerDescriptor) -> PeerKeys:
+    """The keys a descriptor claims for its peer (the wire checks them when it learns them)."""
+    return PeerKeys(
+        desc.peer_id, verify_key_from_peer_id(desc.peer_id), desc.box_key, desc.box_key_sig
+    )
+
+
 def _seen_at(addr: Addr, sender: bytes) -> tuple[str, ...]:
     """What to remember of a peer that advertised no address: where its datagram came from
     (a libp2p peer without addresses is reachable only over the connection it opened)."""
@@ -321,7 +328,6 @@ class NodeCore:
         self._next_boot = self._next_beacon = 0.0
         self.started = False
 
-    # ------------------------------------------------------------------ driver API
     def _bind_wire(self, gossip: GossipConfig) -> None:
         wire = self.wire
         # first contacts introduce us with our work nonce; rejections feed the scores
@@ -331,6 +337,7 @@ class NodeCore:
         wire.max_peers = max(gossip.max_known_peers, 4 * gossip.view_size)
         wire.pinned = self.view.__contains__
 
+    # ------------------------------------------------------------------ driver API
     def start(self, now: float) -> None:
         """Schedule the first round (jittered so nodes started together do not sync)."""
         self._now = now
@@ -609,9 +616,7 @@ class NodeCore:
                 self._count("identity_work_missing")
                 continue
             try:
-                keys = PeerKeys(
-                    d.peer_id, verify_key_from_peer_id(d.peer_id), d.box_key, d.box_key_sig
-                )
+                keys = _keys_of(d)
                 if d.peer_id != self.identity.peer_id:
                     self.wire.add_peer(keys)
                 good.append(d)
@@ -694,14 +699,7 @@ class NodeCore:
             # forgotten since (gossip.max_known_peers): the view may only hold peers the
             # wire can seal to. Its descriptor carries the keys; check them again.
             try:
-                self.wire.add_peer(
-                    PeerKeys(
-                        desc.peer_id,
-                        verify_key_from_peer_id(desc.peer_id),
-                        desc.box_key,
-                        desc.box_key_sig,
-                    )
-                )
+                self.wire.add_peer(_keys_of(desc))
             except IdentityError:
                 return
         if self.view.add(desc) and desc.peer_id not in self._announced:
