@@ -86,6 +86,34 @@ class TestSameBytes:
         assert metrics(tmp_path / "split") == metrics(tmp_path / "local")
         assert 0 < local["privacy"]["epsilon_max"] <= 8.0 + 1e-6
 
+    @pytest.mark.parametrize("epsilon", [8.0, None], ids=["batched-dp", "per-node-trainers"])
+    def test_a_partition_builds_only_its_own_learners(
+        self, tiny_corpus: Path, tmp_path: Path, epsilon: float | None
+    ) -> None:
+        """A partition builds the data and learner state of its own nodes only (block 2 of 2
+        does not even hold node 0, whose trainer used to give the schema), and the split run
+        still writes the one-process bytes, for the batched learner and for per-node trainers
+        (non-private: not batchable)."""
+        from flava_p2p.sim.runner import Simulation
+
+        sc = scenario(
+            nodes=5,
+            rounds=3,
+            learner={"kind": "real", "model": "embed_linear", "threads": 1},
+            data={"corpus": str(tiny_corpus), "partition": "iid", "cache_dir": None},
+            privacy={"epsilon": epsilon},
+            network={"min_latency_s": 0.01},
+        )
+        part = Simulation(sc, seed=6, owned={3, 4})
+        assert set(part.learners._local) == {3, 4}  # type: ignore[attr-defined]
+        assert set(part.learners.trainers) <= {3, 4}  # type: ignore[attr-defined]
+        whole = Simulation(sc, seed=6)
+        assert part.learners.schema == whole.learners.schema
+        assert (part.learners.genesis == whole.learners.genesis).all()
+        run_scenario(sc, tmp_path / "local", seed=6)
+        run_partitioned(sc, tmp_path / "split", seed=6, workers=2, backend="inline")
+        assert metrics(tmp_path / "split") == metrics(tmp_path / "local")
+
     def test_two_worker_processes_equal_one_process(self, tmp_path: Path) -> None:
         """Spawned child processes exchanging msgpack frames over pipes (the ``processes``
         engine): Byzantine datagrams, numpy models and float32 accuracies cross unchanged."""

@@ -278,6 +278,18 @@ class TestTopologies:
         unbounded.run()
         assert max(len(c._addr_of) for c in unbounded.net.nodes) > 2 * 16 + 8  # it would grow
 
+    def test_dynamic_views_start_from_each_nodes_seeded_draw(self) -> None:
+        """Each node's first view is its own seeded draw of ``known_peers`` others (the same
+        draw in any partition), and no graph is built for it: a complete graph of 10,000 nodes
+        cost 94 s and ~6 GB per process for nothing."""
+        n, known = 40, 6
+        sim = Simulation(scenario(nodes=n, topology={"kind": "dynamic", "known_peers": known}))
+        assert sim.neighbours == []
+        for i, core in enumerate(sim.net.nodes):
+            others = [j for j in range(n) if j != i]
+            drawn = random.Random(f"{sim.seed}/view/{i}").sample(others, known)
+            assert set(core.view.peers()) == {sim.identities[j].peer_id for j in drawn}
+
     def test_impossible_regular_graph_is_a_clear_error(self) -> None:
         with pytest.raises(FlavaError, match="degree"):
             Simulation(scenario(nodes=5, topology={"kind": "regular", "degree": 3}))

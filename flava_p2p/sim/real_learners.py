@@ -85,6 +85,9 @@ class RealLearners:
     per_node_trainers = True
 
     def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
+        """``own``: build only these nodes' data and trainers — a worker-pool process's share,
+        or a partition's nodes in a partitioned run. Such a process has one core: it encodes
+        clips on one thread and trains its nodes itself (no worker pool of its own)."""
         import torch
 
         from flava_p2p.learning.trainer import LocalTrainer

@@ -15,12 +15,12 @@ STATIC = {"complete", "ring", "regular", "erdos_renyi", "watts_strogatz", "barab
 
 
 def build_graph(topo: Topology, n: int, seed: int) -> nx.Graph:
-    """The static graph for ``topo``; ``dynamic`` and ``discovered`` return the complete graph
-    and a star around node 0 respectively (who may be contacted first)."""
-    if topo.kind in ("complete", "dynamic"):
+    """The static graph for ``topo`` (one of :data:`STATIC`). ``dynamic`` and ``discovered``
+    have none: their views come from peer sampling."""
+    if topo.kind not in STATIC:
+        raise ValueError(f"topology {topo.kind} is not a static graph")
+    if topo.kind == "complete":
         return nx.complete_graph(n)
-    if topo.kind == "discovered":
-        return nx.star_graph(n - 1)
     if topo.kind == "ring":
         return nx.cycle_graph(n)
     for attempt in range(100):

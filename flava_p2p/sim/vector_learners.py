@@ -62,8 +62,8 @@ class VectorLearners(RealLearners):
 
     per_node_trainers = False
 
-    def __init__(self, sc: Scenario, seed: int) -> None:
-        super().__init__(sc, seed)
+    def __init__(self, sc: Scenario, seed: int, own: list[int] | None = None) -> None:
+        super().__init__(sc, seed, own)
         tr = sc.learner.training
         self._lr, self._momentum = tr.lr, tr.momentum
         self._cosine = tr.lr_schedule == "cosine"
