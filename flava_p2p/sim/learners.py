@@ -85,8 +85,8 @@ def label_flippers(sc: Scenario) -> set[int]:
 # ----------------------------------------------------------------------------- real
 def make_learners(sc: Scenario, seed: int, owned: set[int] | None = None) -> Learners:
     """The learner family the scenario asks for. ``owned``: the nodes this process simulates
-    in a partitioned run; the real learners then build only those nodes' data and state (one
-    process of a 10,000-node run built all of them: ~0.75 GB and ~7 s for nothing)."""
+    in a partitioned run; the real learners then build only those nodes' data and state
+    (each process of a 10,000-node run built all of them: ~0.1 GB for nothing)."""
     own = sorted(owned) if owned is not None else None
     # Imported per kind: the real learners pull in torch (~1 s and ~0.5 GB), which a
     # protocol-only or synthetic run never uses.
