@@ -224,6 +224,30 @@ class TestCrashSafety:
             PrivacyLedger.from_dict(d)
         assert PrivacyLedger.from_dict(led.to_dict()).epsilon == led.epsilon
 
+    @pytest.mark.parametrize("tracked", [True, False])
+    def test_a_concurrent_reader_never_sees_steps_ahead_of_epsilon(
+        self, tracked: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The node charges on its training thread while the status endpoint reads the ledger:
+        whatever moment the reader lands on, the ε on record covers the steps on record."""
+        led = PrivacyLedger("pld", 1e-5, 8.0, 1.0, 0.1, 100)
+        clips = [bytes([i]) * 32 for i in range(3)] if tracked else None
+        led.admit(clips or [])
+        seen: list[tuple[int, float]] = []
+        compute = PrivacyLedger.epsilon_at
+
+        def reading_while_computing(self: PrivacyLedger, age: int) -> float:
+            seen.append((led.steps, led.epsilon))  # what a status read at this moment returns
+            return compute(self, age)
+
+        monkeypatch.setattr(PrivacyLedger, "epsilon_at", reading_while_computing)
+        for _ in range(3):
+            led.charge(2, clips)
+        monkeypatch.undo()
+        assert seen and led.steps == 6 and led.epsilon == led.epsilon_at(6) > 0
+        for steps, eps in seen:
+            assert eps >= led.epsilon_at(steps), (steps, eps)
+
 
 class TestCliEndToEnd:
     @pytest.mark.parametrize("model_name", ["aligned_linear", "dscnn"])

@@ -141,10 +141,15 @@ class PrivacyLedger:
         taking them). Each clip ages by the steps it can still take, never past retirement."""
         if steps <= 0:
             return
+        # The node trains on a worker thread while its status endpoint reads this ledger from
+        # the event loop. Compute first, publish ε first: a reader may see ε ahead of the step
+        # count, never a step count whose ε is not yet on record (ε is never reported low).
+        aged = {c: self.ages.get(c, 0) + min(steps, self.remaining(c)) for c in clips or ()}
+        known = [*self.ages.values(), *aged.values()]
+        oldest = max(known) if known else self.steps + steps
+        self.epsilon = max(self.epsilon, self.epsilon_at(oldest))
+        self.ages.update(aged)
         self.steps += steps
-        for c in clips or ():
-            self.ages[c] = self.ages.get(c, 0) + min(steps, self.remaining(c))
-        self.epsilon = max(self.epsilon, self.epsilon_after())
 
     def retired(self, clips: Iterable[bytes] | None = None) -> int:
         """How many of ``clips`` (default: every clip ever seen) have spent their budget."""
