@@ -368,6 +368,42 @@ class TestClipFolder:
         assert len(folder.feature_set()) == n0 + added - 1
         assert str(victim) not in folder.feature_set().paths
 
+    def test_reading_counts_while_a_scan_changes_the_folder(
+        self, tiny_corpus: Path, tmp_path: Path
+    ) -> None:
+        """The node's status endpoint reads counts and rejections on the event loop while a
+        rescan runs on the training thread. A scan that lands mid-read (here: forced from
+        inside the read) must not break the read with 'dictionary changed size'."""
+        from flava_p2p.speech.clip_folder import FolderChange
+        from flava_p2p.speech.dataset import Utterance
+
+        labels = scan_corpus(tiny_corpus).labels
+        root = tmp_path / "data"
+        shutil.copytree(tiny_corpus / labels[0], root / labels[0])
+        folder = ClipFolder([root], labels, FeatureConfig())
+        folder.scan()
+        (root / labels[0] / "broken_nohash_0.wav").write_bytes(b"RIFF\x00\x00garbage")
+        folder.scan()
+        shutil.copytree(tiny_corpus / labels[1], root / labels[1])
+        clip = next(iter(folder._clips.values()))
+        interrupted: list[FolderChange] = []
+
+        class ScanMidRead(Utterance):
+            @property
+            def label(self) -> str:
+                if not interrupted:
+                    (root / labels[0] / "broken_nohash_1.wav").write_bytes(b"RIFF")
+                    interrupted.append(folder.scan())  # what a thread switch here would do
+                return str(clip.utt.__dict__["label"])
+
+        plain = clip.utt
+        clip.utt = ScanMidRead.__new__(ScanMidRead)
+        clip.utt.__dict__.update(plain.__dict__)
+        counts = folder.counts()
+        assert interrupted and interrupted[0].added > 0  # the scan did land mid-read
+        assert counts[labels[0]] >= 1
+        assert len(folder.rejected) == 2
+
 
 class TestTrainMinPeers:
     def test_no_training_alone_then_training_with_a_peer(self) -> None:

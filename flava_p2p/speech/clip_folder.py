@@ -160,13 +160,15 @@ class ClipFolder:
         return fe.n_features, fe.n_frames
 
     def counts(self, split: str | None = "train") -> dict[str, int]:
-        """Usable clips per label (every label of the task, zeros included)."""
-        per = Counter(
-            c.utt.label for c in self._clips.values() if split is None or c.utt.split == split
-        )
+        """Usable clips per label (every label of the task, zeros included).
+
+        Safe to call while :meth:`scan` runs on another thread (the node's status endpoint
+        does): it iterates a copy taken in one step, never the dict a scan is changing."""
+        clips = list(self._clips.values())
+        per = Counter(c.utt.label for c in clips if split is None or c.utt.split == split)
         return {name: per.get(name, 0) for name in self.labels or []}
 
     @property
     def rejected(self) -> dict[str, str]:
-        """Files present now that cannot be used, with the reason."""
-        return {p: reason for p, (_, reason) in self._bad.items()}
+        """Files present now that cannot be used, with the reason (a copy, as :meth:`counts`)."""
+        return {p: reason for p, (_, reason) in list(self._bad.items())}
