@@ -222,6 +222,14 @@ class TestBalancedBlocks:
         assert balanced_blocks([100.0, 1.0, 1.0], 3) == [[0], [1], [2]]
         assert balanced_blocks([1.0, 1.0, 100.0], 3) == [[0], [1], [2]]
 
+    def test_after_a_node_heavier_than_a_share_the_rest_splits_evenly(self) -> None:
+        """protocol_10k's weights at 8 workers: the bootstrap fills a block alone, and the
+        other seven blocks share the remaining nodes evenly (not 849 and then 1,525 each)."""
+        blocks = balanced_blocks([2201.0] + [1.0] * 9999, 8)
+        assert blocks[0] == [0]
+        assert {len(b) for b in blocks[1:]} <= {1428, 1429}
+        assert [i for b in blocks for i in b] == list(range(10000))
+
 
 def test_worker_processes_keep_json_output_clean(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]

@@ -385,13 +385,18 @@ def node_weights(sc: Scenario) -> list[float]:
 
 def balanced_blocks(weights: list[float], workers: int) -> list[list[int]]:
     """``workers`` contiguous, non-empty blocks of node indices with about equal total
-    weight (a partition that finishes its window early waits for the slowest)."""
+    weight (a partition that finishes its window early waits for the slowest).
+
+    Each block aims at an equal share of the weight *still left*, not at a fixed fraction of
+    the total: after a node heavier than a share (the bootstrap at many workers) fills a block
+    alone, the rest is split evenly over the remaining blocks instead of leaving the next
+    block nearly empty."""
     n = len(weights)
     total = sum(weights)
     blocks: list[list[int]] = []
     start, acc = 0, 0.0
     for k in range(workers - 1):
-        target = total * (k + 1) / workers
+        target = acc + (total - acc) / (workers - k)
         end = start + 1  # at least one node
         acc += weights[start]
         # leave at least one node for each block still to come
