@@ -46,8 +46,8 @@ class TimedRun(PartitionedRun):
     """The inline engine, with each partition's share of each call timed."""
 
     def __init__(self, scenario: Scenario, workers: int) -> None:
+        self.calls: list[tuple[str, list[float]]] = []  # before: the constructor calls too
         super().__init__(scenario, workers=workers, backend="inline")
-        self.calls: list[tuple[str, list[float]]] = []
 
     def _call(self, method: str, args: list[tuple[Any, ...]] | None = None) -> list[Any]:
         calls = args or [() for _ in self._parts]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from flava_p2p.errors import FlavaError
-from flava_p2p.sim.partitioned import balanced_blocks, run_partitioned
+from flava_p2p.sim.partitioned import PartitionedRun, balanced_blocks, run_partitioned
 from flava_p2p.sim.runner import run_scenario
 from flava_p2p.testing.scenarios import small_scenario as scenario
 
@@ -141,6 +141,20 @@ class TestSameBytes:
         s = run_partitioned(sc, tmp_path / "procs", seed=4, workers=2, backend="processes")
         assert metrics(tmp_path / "procs") == metrics(tmp_path / "local")
         assert s["engine"]["torch_threads"] == [1, 1]
+
+    def test_the_run_clock_starts_with_every_partition_built(self) -> None:
+        """A child process builds its nodes while the driver builds its own. The driver's
+        constructor waits for it: when the run's clock starts, every partition must already
+        be built (as in one process, where the build is not timed). Asking each partition
+        only when the run started counted a slower child's build, ~4 s on protocol_10k, as
+        simulation time."""
+        sc = scenario(nodes=8, rounds=2, network={"min_latency_s": 0.01})
+        run = PartitionedRun(sc, workers=2, backend="processes")
+        try:
+            assert len(run.torch_threads) == 2  # both partitions have answered: built
+            assert run.windows == 0  # and nothing was simulated yet
+        finally:
+            run._close()
 
     def test_two_ray_workers_equal_one_process(self, tmp_path: Path) -> None:
         """A local Ray cluster of two CPU workers (real actors, real processes)."""
