@@ -17,7 +17,8 @@ scenario split into W partitions *in this one process*, one partition after anot
 
 It is a model, not a measurement of W cores: it leaves out the transport between processes and
 contention for caches and memory bandwidth (on two cores here the measured two-process run
-ran at ~70% of its model's speed). The metrics are checked to be the same bytes for every W.
+of protocol_10k runs at ~80% of its model's speed). The metrics are checked to be the same bytes
+for every W.
 
     .venv/bin/python scripts/bench_partition_balance.py [--workers 1,2,4,8,16]
         [--scenario simulations/protocol_10k.yaml] [--set key=value ...]
